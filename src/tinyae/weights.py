@@ -1,0 +1,547 @@
+"""Weight formats, hub downloads and integrity, kept apart from the model.
+
+Accepted sources (`load`):
+- a variant name ("taesd", "taesdxl", "taesd3", "taef1", "taef2", "taesana", or an alias): downloaded from its hub
+  repository (huggingface_hub cache, offline mode, HF_ENDPOINT), pinned sha256 checked where known;
+- a folder in diffusers layout (config.json + diffusion_pytorch_model.safetensors or .bin);
+- a folder holding the original pair `<name>_encoder.<ext>` / `<name>_decoder.<ext>` (either may be absent);
+- a pair of files `(encoder_path, decoder_path)` (either may be None);
+- a single file: one half in the original layout, diffusers-keyed (`encoder.layers.N...`), or combined with
+  ComfyUI's `taesd_encoder.` / `taesd_decoder.` prefixes;
+- a hub repo id ("owner/name") in either layout.
+
+The architecture is inferred from the tensors (never from file names). Loading is strict: any missing, unexpected
+or mis-shaped tensor, an unreadable file or a sha256 mismatch raises `WeightsError`, never a half-loaded model.
+Pickled files are read with `torch.load(weights_only=True)`: nothing in a file is executed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable
+
+import torch
+
+from .config import DEFAULTS, TinyConfig
+from .variants import KNOWN_SHA256, Variant, closest_names, get_variant, is_variant
+
+if TYPE_CHECKING:
+    from .model import AutoencoderTiny
+
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+COMFY_PREFIXES = {"taesd_encoder.": "encoder", "taesd_decoder.": "decoder"}
+COMFY_SCALARS = ("vae_scale", "vae_shift")
+
+
+class WeightsError(ValueError):
+    """Weights that cannot be loaded as they are: names the file and the problem."""
+
+
+# ---------------------------------------------------------------------------------------------- files
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_sha256(path: str | os.PathLike, expected: str | None) -> None:
+    if expected and sha256_file(path) != expected.lower():
+        raise WeightsError(f"{path}: sha256 mismatch (expected {expected}, got {sha256_file(path)}); "
+                           "the file is corrupt or not the one asked for")
+
+
+def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a weights file (.safetensors, or a pickled .pth/.pt/.bin/.ckpt read with weights_only=True)."""
+    path = Path(path)
+    if not path.exists():
+        raise WeightsError(f"{path}: no such file")
+    if path.is_dir():
+        raise WeightsError(f"{path}: is a folder, expected a weights file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            sd = load_file(str(path), device="cpu")
+        else:
+            sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, corrupt, not a weights file, or a pickle asking to run code
+        raise WeightsError(f"{path}: cannot read weights ({type(e).__name__}: {str(e).splitlines()[0][:200]})") \
+            from None
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not sd:
+        raise WeightsError(f"{path}: holds no tensors (found {type(sd).__name__})")
+    bad = [k for k, v in sd.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise WeightsError(f"{path}: entries that are not tensors: {bad[:5]}")
+    return sd
+
+
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """Write through `write(tmp_path)` to a temporary file beside `path`, then rename over it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------- key layouts
+_NUM = re.compile(r"^(\d+)\.(.+)$")
+
+
+def _half_to_diffusers(sd: dict[str, torch.Tensor], part: str, original: bool) -> dict[str, torch.Tensor]:
+    """Keys `N.rest` of one half -> `part.layers.M.rest`; the original decoder counts its Clamp as layer 0."""
+    out = {}
+    for k, v in sd.items():
+        m = _NUM.match(k)
+        if not m:
+            raise WeightsError(f"unexpected tensor {k!r} in the {part}")
+        idx = int(m.group(1)) - (1 if part == "decoder" and original else 0)
+        if idx < 0:
+            raise WeightsError(f"unexpected tensor {k!r} in the {part}")
+        out[f"{part}.layers.{idx}.{m.group(2)}"] = v
+    return out
+
+
+def _guess_half(sd: dict[str, torch.Tensor]) -> str:
+    """An original-layout half: the encoder's first conv is layer 0; the decoder's layer 0 is its (empty) Clamp."""
+    return "encoder" if any(k.startswith("0.") for k in sd) else "decoder"
+
+
+def to_diffusers_keys(sd: dict[str, torch.Tensor], part: str | None = None) -> dict[str, torch.Tensor]:
+    """Any known layout -> diffusers' keys (`encoder.layers.N...`, `decoder.layers.N...`).
+
+    `part` forces which half an original-layout file is ("encoder"/"decoder"); otherwise it is read from the keys.
+    ComfyUI's `vae_scale`/`vae_shift` scalars are dropped (tinyae keeps latents raw; see docs/formats.md).
+    """
+    sd = {k: v for k, v in sd.items() if k not in COMFY_SCALARS}
+    for prefix in ("first_stage_model.", "vae.", "model."):
+        if sd and all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix):]: v for k, v in sd.items()}
+    if any(k.startswith(("encoder.layers.", "decoder.layers.")) for k in sd):
+        bad = [k for k in sd if not k.startswith(("encoder.layers.", "decoder.layers."))]
+        if bad:
+            raise WeightsError(f"unexpected tensors {bad[:5]}")
+        return dict(sd)
+    if any(k.startswith(tuple(COMFY_PREFIXES)) for k in sd):
+        out: dict[str, torch.Tensor] = {}
+        for prefix, half in COMFY_PREFIXES.items():
+            sub = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+            out.update(_half_to_diffusers(sub, half, original=True))
+        bad = [k for k in sd if not k.startswith(tuple(COMFY_PREFIXES))]
+        if bad:
+            raise WeightsError(f"unexpected tensors {bad[:5]}")
+        return out
+    if any(k.startswith(("encoder.", "decoder.")) for k in sd):  # original Sequential under a module name
+        out = {}
+        for half in ("encoder", "decoder"):
+            sub = {k[len(half) + 1:]: v for k, v in sd.items() if k.startswith(half + ".")}
+            out.update(_half_to_diffusers(sub, half, original=True))
+        bad = [k for k in sd if not k.startswith(("encoder.", "decoder."))]
+        if bad:
+            raise WeightsError(f"unexpected tensors {bad[:5]}")
+        return out
+    return _half_to_diffusers(sd, part or _guess_half(sd), original=True)
+
+
+def to_original_keys(sd: dict[str, torch.Tensor], part: str) -> dict[str, torch.Tensor]:
+    """diffusers' keys of one half -> the original script's Sequential keys."""
+    prefix, shift = f"{part}.layers.", (1 if part == "decoder" else 0)
+    out = {}
+    for k, v in sd.items():
+        if k.startswith(prefix):
+            idx, rest = k[len(prefix):].split(".", 1)
+            out[f"{int(idx) + shift}.{rest}"] = v
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- architecture
+def _layers(sd: dict[str, torch.Tensor], part: str) -> dict[int, dict[str, torch.Tensor]]:
+    layers: dict[int, dict[str, torch.Tensor]] = defaultdict(dict)
+    prefix = f"{part}.layers."
+    for k, v in sd.items():
+        if k.startswith(prefix):
+            idx, rest = k[len(prefix):].split(".", 1)
+            layers[int(idx)][rest] = v
+    return dict(layers)
+
+
+def _conv_shape(entry: dict[str, torch.Tensor], what: str) -> tuple[int, int]:
+    w = entry.get("weight")
+    if w is None or w.dim() != 4:
+        raise WeightsError(f"cannot read the architecture: {what} is not a convolution")
+    return int(w.shape[1]), int(w.shape[0])
+
+
+def infer_config(sd: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """AutoencoderTiny parameters (plus has_encoder/has_decoder) read off diffusers-keyed tensors."""
+    enc, dec = _layers(sd, "encoder"), _layers(sd, "decoder")
+    if not enc and not dec:
+        raise WeightsError("no encoder or decoder tensors found")
+    p: dict[str, Any] = {"has_encoder": bool(enc), "has_decoder": bool(dec)}
+    midblock = set()
+    if enc:
+        idx = sorted(enc)
+        stem, i = [], 0
+        # leading plain convs: one conv directly followed by a block = standard; convs with gaps (ReLUs) = stem
+        while i < len(idx) and "conv.0.weight" not in enc[idx[i]]:
+            stem.append(idx[i])
+            i += 1
+        if not stem:
+            raise WeightsError("cannot read the architecture: the encoder does not start with a convolution")
+        p["in_channels"] = _conv_shape(enc[stem[0]], "encoder layer 0")[0]
+        if len(stem) > 1 or (i < len(idx) and idx[i] != stem[0] + 1):
+            p["encoder_stem_channels"] = tuple(_conv_shape(enc[s], f"encoder layer {s}")[1] for s in stem)
+        channels, counts = [], []
+        for j in idx[i:-1]:
+            e = enc[j]
+            if "conv.0.weight" in e:
+                if not counts:
+                    channels.append(int(e["conv.0.weight"].shape[0]))
+                    counts.append(0)
+                counts[-1] += 1
+                if "pool.0.weight" in e:
+                    midblock.add(("encoder", len(counts) - 1))
+            else:  # stride-2 conv opening a new stage
+                channels.append(_conv_shape(e, f"encoder layer {j}")[1])
+                counts.append(0)
+        p["encoder_block_out_channels"], p["num_encoder_blocks"] = tuple(channels), tuple(counts)
+        p["latent_channels"] = _conv_shape(enc[idx[-1]], f"encoder layer {idx[-1]}")[1]
+        if midblock and midblock != {("encoder", len(counts) - 1)}:
+            raise WeightsError("unsupported architecture: GroupNorm branch outside the encoder's last stage")
+    if dec:
+        idx = sorted(dec)
+        lat, ch0 = _conv_shape(dec[idx[0]], "decoder layer 0")
+        if "latent_channels" in p and p["latent_channels"] != lat:
+            raise WeightsError(f"encoder and decoder disagree: {p['latent_channels']} vs {lat} latent channels")
+        p["latent_channels"] = lat
+        channels, counts = [ch0], [0]
+        for j in idx[1:-1]:
+            e = dec[j]
+            if "conv.0.weight" in e:
+                counts[-1] += 1
+                if "pool.0.weight" in e:
+                    midblock.add(("decoder", len(counts) - 1))
+            else:  # conv after an upsample: opens the next stage
+                channels.append(_conv_shape(e, f"decoder layer {j}")[1])
+                counts.append(0)
+        p["decoder_block_out_channels"], p["num_decoder_blocks"] = tuple(channels), tuple(counts)
+        p["out_channels"] = _conv_shape(dec[idx[-1]], f"decoder layer {idx[-1]}")[1]
+        dec_mid = {m for m in midblock if m[0] == "decoder"}
+        if dec_mid and dec_mid != {("decoder", 0)}:
+            raise WeightsError("unsupported architecture: GroupNorm branch outside the decoder's first stage")
+    p["use_midblock_gn"] = bool(midblock)
+    return p
+
+
+def _describe_mismatch(model: torch.nn.Module, sd: dict[str, torch.Tensor]) -> str | None:
+    own = model.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    shapes = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in sorted(set(own) & set(sd)) if own[k].shape != sd[k].shape]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing tensor(s), e.g. {missing[:3]}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected tensor(s), e.g. {unexpected[:3]}")
+    if shapes:
+        parts.append(f"{len(shapes)} wrong shape(s), e.g. {shapes[:2]}")
+    return "; ".join(parts) or None
+
+
+def build(sd: dict[str, torch.Tensor], config: dict[str, Any] | None = None, source: str = "weights"
+          ) -> "AutoencoderTiny":
+    """A model from diffusers-keyed tensors: architecture from `config` if given, else inferred; strict load."""
+    from .model import AutoencoderTiny
+
+    inferred = infer_config(sd)
+    has = {"has_encoder": inferred.pop("has_encoder"), "has_decoder": inferred.pop("has_decoder")}
+    if config is not None:
+        params = TinyConfig.from_dict(config).init_kwargs()
+    else:
+        params = {**DEFAULTS, **inferred}
+    try:
+        model = AutoencoderTiny(**params, **has)
+    except ValueError as e:
+        raise WeightsError(f"{source}: {e}") from None
+    problem = _describe_mismatch(model, sd)
+    if problem:
+        raise WeightsError(f"{source}: tensors do not fit the architecture: {problem}")
+    for k, v in sd.items():
+        if not v.is_floating_point():
+            raise WeightsError(f"{source}: tensor {k} has dtype {v.dtype}, expected floating point")
+        if not torch.isfinite(v).all():
+            raise WeightsError(f"{source}: tensor {k} holds NaN or infinite values")
+    model.load_state_dict(sd, strict=True)  # float32 model; from_pretrained(torch_dtype=...) casts after
+    return model.eval()
+
+
+# ---------------------------------------------------------------------------------------------- hub
+def hub_download(repo_id: str, filename: str, *, sha256: str | None = None, revision: str | None = None,
+                 cache_dir: str | os.PathLike | None = None, local_files_only: bool | None = None,
+                 subfolder: str | None = None, token: str | bool | None = None) -> str:
+    """Download one file through huggingface_hub (its cache, HF_HUB_OFFLINE, HF_ENDPOINT) and check its sha256.
+
+    A file whose sha256 does not match is removed from the cache (so no later run trusts it) and raises WeightsError.
+    """
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (EntryNotFoundError, LocalEntryNotFoundError, OfflineModeIsEnabled,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
+
+    where = f"{repo_id}/{subfolder + '/' if subfolder else ''}{filename}"
+    try:
+        path = hf_hub_download(repo_id, filename, subfolder=subfolder, revision=revision, cache_dir=cache_dir,
+                               local_files_only=bool(local_files_only), token=token, library_name="tinyae")
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as e:
+        raise WeightsError(
+            f"{where}: not in the local cache and the hub cannot be reached ({type(e).__name__}). Download it "
+            f"once with network access, or pass a local path (a folder or files) instead") from None
+    except (RepositoryNotFoundError, RevisionNotFoundError) as e:
+        raise WeightsError(f"{where}: repository or revision not found on the hub ({type(e).__name__})") from None
+    except EntryNotFoundError:
+        raise
+    except Exception as e:
+        raise WeightsError(f"{where}: download failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})") \
+            from None
+    if sha256:
+        actual = sha256_file(path)
+        if actual != sha256.lower():
+            _evict(path)
+            raise WeightsError(f"{where}: sha256 mismatch after download (expected {sha256}, got {actual}); "
+                               "the corrupted file was removed from the cache")
+    return path
+
+
+def _evict(path: str) -> None:
+    """Remove a cached file: the snapshot link and the blob it points to."""
+    real = os.path.realpath(path)
+    for p in {path, real}:
+        try:
+            os.unlink(p)
+        except OSError:
+            pass
+
+
+def _variant_files(v: Variant, **hub: Any) -> dict[str, Any]:
+    if v.layout == "diffusers":
+        cfg_path = hub_download(v.repo_id, "config.json", **hub)
+        w = hub_download(v.repo_id, v.files[1], sha256=v.sha256.get(v.files[1]), **hub)
+        return {"config": _read_config(cfg_path), "files": [(w, None)]}
+    files = []
+    for f in v.files:
+        part = "encoder" if "_encoder" in f else "decoder"
+        files.append((hub_download(v.repo_id, f, sha256=v.sha256.get(f), **hub), part))
+    return {"config": None, "files": files}
+
+
+def _repo_files(repo_id: str, **hub: Any) -> dict[str, Any]:
+    """A hub repo in diffusers layout, or with an original encoder/decoder pair."""
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        cfg_path = hub_download(repo_id, "config.json", **hub)
+        for name in DIFFUSERS_WEIGHTS:
+            try:
+                return {"config": _read_config(cfg_path), "files": [(hub_download(repo_id, name, **hub), None)]}
+            except EntryNotFoundError:
+                continue
+        raise WeightsError(f"{repo_id}: has config.json but no diffusion_pytorch_model weights")
+    except EntryNotFoundError:
+        pass
+    from huggingface_hub import list_repo_files
+
+    try:
+        names = list_repo_files(repo_id, revision=hub.get("revision"), token=hub.get("token"))
+    except Exception as e:
+        raise WeightsError(f"{repo_id}: cannot list the repository ({type(e).__name__})") from None
+    pair = _find_pair(names, repo_id)
+    if not pair:
+        raise WeightsError(f"{repo_id}: no diffusers layout and no <name>_encoder/<name>_decoder weights found")
+    return {"config": None, "files": [(hub_download(repo_id, f, **hub), part) for f, part in pair]}
+
+
+# ---------------------------------------------------------------------------------------------- local
+def _read_config(path: str | os.PathLike) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            cfg = json.load(f)
+    except (OSError, ValueError) as e:
+        raise WeightsError(f"{path}: cannot read config ({type(e).__name__}: {e})") from None
+    if not isinstance(cfg, dict):
+        raise WeightsError(f"{path}: config is not a JSON object")
+    return cfg
+
+
+def _find_pair(names: Iterable[str], where: str = "") -> list[tuple[str, str]]:
+    """Pick `<name>_encoder.<ext>` / `<name>_decoder.<ext>` from file names, preferring safetensors.
+
+    Several different `<name>`s are ambiguous: WeightsError (pass the files as a pair instead).
+    """
+    rank = {s: i for i, s in enumerate(WEIGHT_SUFFIXES)}
+    found: dict[str, dict[str, tuple[int, str]]] = defaultdict(dict)
+    for n in names:
+        if "/" in n:
+            continue
+        stem, suffix = os.path.splitext(n)
+        for part in ("encoder", "decoder"):
+            if suffix in rank and stem.endswith("_" + part):
+                best = found[stem[: -len(part) - 1]]
+                if part not in best or rank[suffix] < best[part][0]:
+                    best[part] = (rank[suffix], n)
+    if len(found) > 1:
+        raise WeightsError(f"{where}: weights of several models ({', '.join(sorted(found))}); pass the files as "
+                           "a pair (encoder_path, decoder_path) instead")
+    if not found:
+        return []
+    best = next(iter(found.values()))
+    return [(best[p][1], p) for p in ("encoder", "decoder") if p in best]
+
+
+def _local_files(path: Path, subfolder: str | None) -> dict[str, Any]:
+    if subfolder:
+        path = path / subfolder
+    if path.is_file():
+        return {"config": None, "files": [(str(path), None)]}
+    if (path / "config.json").exists():
+        for name in DIFFUSERS_WEIGHTS:
+            if (path / name).exists():
+                return {"config": _read_config(path / "config.json"), "files": [(str(path / name), None)]}
+        raise WeightsError(f"{path}: config.json found but no {' or '.join(DIFFUSERS_WEIGHTS)}")
+    names = sorted(os.listdir(path))
+    pair = _find_pair(names, str(path))
+    if pair:
+        return {"config": None, "files": [(str(path / f), part) for f, part in pair]}
+    singles = [n for n in names if n.endswith(WEIGHT_SUFFIXES)]
+    if len(singles) == 1:
+        return {"config": None, "files": [(str(path / singles[0]), None)]}
+    raise WeightsError(f"{path}: no weights found (expected diffusers layout, <name>_encoder/<name>_decoder "
+                       f"files, or one weights file; found {names[:8]})")
+
+
+# ---------------------------------------------------------------------------------------------- load/save
+def load(source: Any, *, sha256: str | dict[str, str] | None = None, revision: str | None = None,
+         cache_dir: str | os.PathLike | None = None, local_files_only: bool | None = None,
+         subfolder: str | None = None, token: str | bool | None = None, **ignored: Any) -> "AutoencoderTiny":
+    """Load an AutoencoderTiny from any source (see the module docstring). Raises WeightsError.
+
+    `sha256`: expected sha256 of a single file, or {file name: sha256} for several.
+    Unknown keywords that diffusers' from_pretrained accepts (variant, use_safetensors, ...) are ignored.
+    """
+    hub = {"revision": revision, "cache_dir": cache_dir, "local_files_only": local_files_only, "token": token}
+    if isinstance(source, (tuple, list)):
+        if len(source) != 2 or all(s is None for s in source):
+            raise WeightsError("a pair of files must be (encoder_path, decoder_path), one of them may be None")
+        found = {"config": None, "files": [(str(s), p) for s, p in zip(source, ("encoder", "decoder"))
+                                           if s is not None]}
+        label = " + ".join(str(s) for s in source if s is not None)
+    elif isinstance(source, (str, os.PathLike)) and Path(source).exists():
+        found, label = _local_files(Path(source), subfolder), str(source)
+    elif isinstance(source, str) and is_variant(source):
+        v = get_variant(source)
+        found, label = _variant_files(v, subfolder=subfolder, **hub), f"{v.name} ({v.repo_id})"
+        if found["config"] is None:
+            found["config"] = {**DEFAULTS, **v.config}
+    elif isinstance(source, str) and re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not source.startswith((".", "/")):
+        found, label = _repo_files(source, subfolder=subfolder, **hub), source
+    else:
+        close = closest_names(str(source))
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise WeightsError(f"{source!r}: not a known variant, an existing file or folder, or a hub repo id.{hint}")
+
+    sd: dict[str, torch.Tensor] = {}
+    for path, part in found["files"]:
+        expected = sha256.get(os.path.basename(path)) if isinstance(sha256, dict) else sha256
+        check_sha256(path, expected)
+        try:
+            tensors = to_diffusers_keys(read_tensors(path), part)
+        except WeightsError as e:
+            msg = str(e)
+            raise WeightsError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
+        clash = set(tensors) & set(sd)
+        if clash:
+            raise WeightsError(f"{path}: tensors already given by another file, e.g. {sorted(clash)[:3]}")
+        sd.update(tensors)
+    return build(sd, found["config"], source=label)
+
+
+def state_dict_of(model: "AutoencoderTiny", dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    return {k: (v.to(dtype) if dtype else v).detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
+def save_diffusers(model: "AutoencoderTiny", folder: str | os.PathLike, safe_serialization: bool = True) -> None:
+    """config.json + diffusion_pytorch_model.safetensors (or .bin), each written atomically."""
+    folder = Path(folder)
+    cfg = model.config.to_dict()
+    try:
+        import diffusers
+
+        cfg["_diffusers_version"] = diffusers.__version__
+    except ImportError:
+        cfg["_diffusers_version"] = "0.30.0"
+    import tinyae
+
+    cfg["_tinyae_version"] = tinyae.__version__
+    if not model.config.diffusers_compatible:
+        cfg["_tinyae_note"] = "diffusers' AutoencoderTiny cannot express this architecture; load it with tinyae"
+    sd = state_dict_of(model)
+    if safe_serialization:
+        from safetensors.torch import save_file
+
+        atomic_write(folder / DIFFUSERS_WEIGHTS[0], lambda p: save_file(sd, p, metadata={"format": "pt"}))
+    else:
+        atomic_write(folder / DIFFUSERS_WEIGHTS[1], lambda p: torch.save(sd, p))
+    atomic_write(folder / "config.json", lambda p: Path(p).write_text(json.dumps(cfg, indent=2, sort_keys=True)))
+
+
+def save_original(model: "AutoencoderTiny", folder: str | os.PathLike, name: str, format: str = "safetensors"
+                  ) -> list[str]:
+    """`<name>_encoder.<ext>` / `<name>_decoder.<ext>` with the original script's keys; returns the paths."""
+    if format not in ("safetensors", "pth"):
+        raise ValueError(f"format must be 'safetensors' or 'pth', got {format!r}")
+    sd, written = state_dict_of(model), []
+    for part in ("encoder", "decoder"):
+        if getattr(model, part) is None:
+            continue
+        half = to_original_keys(sd, part)
+        path = Path(folder) / f"{name}_{part}.{format}"
+        if format == "safetensors":
+            from safetensors.torch import save_file
+
+            atomic_write(path, lambda p, h=half: save_file(h, p, metadata={"format": "pt"}))
+        else:
+            atomic_write(path, lambda p, h=half: torch.save(h, p))
+        written.append(str(path))
+    return written
+
+
+def save_comfyui(model: "AutoencoderTiny", path: str | os.PathLike) -> str:
+    """One safetensors file with `taesd_encoder.` / `taesd_decoder.` prefixes (ComfyUI's vae_approx / vae folder)."""
+    sd, out = state_dict_of(model), {}
+    for part in ("encoder", "decoder"):
+        out.update({f"taesd_{part}.{k}": v for k, v in to_original_keys(sd, part).items()})
+    from safetensors.torch import save_file
+
+    atomic_write(path, lambda p: save_file(out, p, metadata={"format": "pt"}))
+    return str(path)
+
+
+def identify(path: str | os.PathLike) -> str | None:
+    """The released file a weights file is byte-identical to, if known."""
+    return KNOWN_SHA256.get(sha256_file(path))

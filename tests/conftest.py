@@ -1,0 +1,48 @@
+"""Shared fixtures: the real weights and photos in ../shared, small random models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("TINYAE_SHARED", ROOT.parent / "shared"))
+WEIGHTS = SHARED / "weights"
+IMAGES = SHARED / "images"
+TAEF2 = (WEIGHTS / "taef2_encoder.pth", WEIGHTS / "taef2_decoder.pth")
+TAESANA_ENCODER = WEIGHTS / "taesana_encoder.pth"
+PHOTOS = sorted(IMAGES.glob("*.png"))
+
+# Two pytest-xdist workers share 2 cores: one thread each avoids oversubscription.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
+
+def load_photo(path: Path | str, multiple: int = 8) -> torch.Tensor:
+    """A photo as (1, 3, H, W) in [-1, 1], cropped to multiples of `multiple`."""
+    rgb = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32)
+    h, w = rgb.shape[0] // multiple * multiple, rgb.shape[1] // multiple * multiple
+    return torch.from_numpy(rgb[:h, :w].copy()).permute(2, 0, 1)[None] / 127.5 - 1
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of two images in [-1, 1]."""
+    mse = ((a.clamp(-1, 1) - b.clamp(-1, 1)) / 2).double().pow(2).mean()
+    return float(10 * torch.log10(1 / mse))
+
+
+@pytest.fixture(scope="session")
+def taef2():
+    from tinyae import AutoencoderTiny
+
+    return AutoencoderTiny.from_pretrained(TAEF2)
+
+
+@pytest.fixture(scope="session")
+def astronaut() -> torch.Tensor:
+    return load_photo(IMAGES / "astronaut.png")
