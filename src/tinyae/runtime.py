@@ -1,0 +1,613 @@
+"""Fast inference: `optimize()` (one call to the fastest encode/decode on this device), ONNX export and an
+onnxruntime backend.
+
+`optimize(model)` returns a new model (the original is unchanged) whose encoder and decoder are rebuilt for inference:
+
+- channels_last activations (what oneDNN and cuDNN convolutions want);
+- on CPU, every convolution runs through oneDNN with its ReLU, and in the residual blocks the skip addition and the
+  final ReLU, fused into the convolution (`torch.ops.mkldnn._convolution_pointwise`): no separate memory passes;
+- nearest 2x upsample + 3x3 convolution is rewritten as one 2x2 convolution with 4x the output channels on the
+  low-resolution input, interleaved (the same function with 16 instead of 36 multiply-adds per low-resolution
+  pixel and output channel: 2.25x less work, and no upsampled tensor);
+- weights stored in the compute precision: bfloat16 on CPUs with AVX512-BF16 / AMX, float16 on CUDA, else float32.
+
+Callers keep passing and receiving their own dtype (AutoencoderTiny casts at the boundary). See docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .blocks import Block, Clamp, Decoder, Encoder
+from .model import AutoencoderTiny, AutoencoderTinyOutput, DecoderOutput
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_CL = torch.channels_last
+
+
+# ---------------------------------------------------------------------------------------------- device facts
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux /proc/cpuinfo; elsewhere what torch reports), e.g. {"amx_bf16", ...}."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    flags = set()
+    probes = {"avx512_bf16": "_is_avx512_bf16_supported", "amx_bf16": "_is_amx_tile_supported",
+              "amx_fp16": "_is_amx_fp16_supported"}
+    for flag, probe in probes.items():
+        fn = getattr(torch.cpu, probe, None)
+        if fn is not None and fn():
+            flags.add(flag)
+    return flags
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU computes bfloat16 in hardware (AVX512-BF16 or AMX-BF16), so bf16 convolutions pay off."""
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"}) and torch.backends.mkldnn.is_available()
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> torch.dtype:
+    """The compute dtype for `precision` ("auto", "fp32", "bf16", "fp16") on `device`.
+
+    "auto": CPU -> bfloat16 where the processor supports it in hardware, else float32; CUDA -> float16.
+    Raises ValueError for an unknown name or a precision the device cannot run.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    kind = torch.device(device).type
+    if precision == "auto":
+        if kind == "cuda":
+            return torch.float16
+        return torch.bfloat16 if kind == "cpu" and cpu_has_fast_bf16() else torch.float32
+    dtype = _DTYPES[precision]
+    if kind == "cpu" and dtype == torch.float16 and not torch.ops.mkldnn._is_mkldnn_fp16_supported():
+        raise ValueError("precision='fp16' needs a CPU with AVX512-FP16 (or AMX-FP16); use 'bf16' or 'fp32'")
+    if kind == "cpu" and dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        raise ValueError("precision='bf16' needs a CPU with AVX512 (fast with AVX512-BF16 / AMX); use 'fp32'")
+    return dtype
+
+
+def _fused_available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+
+
+# ---------------------------------------------------------------------------------------------- fused layers
+def _param(t: torch.Tensor | None, dtype: torch.dtype, channels_last: bool = False) -> nn.Parameter | None:
+    if t is None:
+        return None
+    t = t.detach().to(dtype)
+    if channels_last and t.dim() == 4:
+        t = t.contiguous(memory_format=_CL)
+    return nn.Parameter(t.contiguous() if not channels_last else t, requires_grad=False)
+
+
+class FastConv(nn.Module):
+    """conv(x) [+ residual] [-> relu] in one oneDNN call on CPU (`fused`), else conv2d + in-place ops."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, stride: int, padding: int,
+                 relu: bool, dtype: torch.dtype, fused: bool):
+        super().__init__()
+        self.weight = _param(weight, dtype, channels_last=True)
+        self.bias = _param(bias, dtype)
+        self.stride, self.padding, self.relu, self.fused = stride, padding, relu, fused
+
+    @classmethod
+    def of(cls, conv: nn.Conv2d, relu: bool, dtype: torch.dtype, fused: bool) -> "FastConv":
+        if conv.groups != 1 or conv.dilation != (1, 1) or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise ValueError(f"unsupported convolution {conv} (tinyae networks use plain convolutions)")
+        if conv.stride[0] != conv.stride[1] or conv.padding[0] != conv.padding[1]:
+            raise ValueError(f"unsupported convolution {conv}: anisotropic stride or padding")
+        return cls(conv.weight, conv.bias, conv.stride[0], conv.padding[0], relu, dtype, fused)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        p, s = [self.padding] * 2, [self.stride] * 2
+        if self.fused:
+            if residual is None:
+                return torch.ops.mkldnn._convolution_pointwise(
+                    x, self.weight, self.bias, p, s, [1, 1], 1, "relu" if self.relu else "none", [], "")
+            return torch.ops.mkldnn._convolution_pointwise.binary(
+                x, residual, self.weight, self.bias, p, s, [1, 1], 1, "add", None,
+                "relu" if self.relu else None, [], None)
+        y = F.conv2d(x, self.weight, self.bias, s, p)
+        if residual is not None:
+            y = y.add_(residual)
+        return y.relu_() if self.relu else y
+
+
+def upsample_conv_weights(weight: torch.Tensor, bias: torch.Tensor | None
+                          ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Weights of the 2x2 convolution that equals nearest-2x-upsample followed by a 3x3 convolution (padding 1).
+
+    Output pixel (2i+a, 2j+b) of the original reads low-resolution rows i-1..i (a=0) or i..i+1 (a=1), so its 3x3
+    kernel collapses to 2x2: rows/columns that land on the same input pixel are summed. Returns the weight
+    (4*C_out, C_in, 2, 2) with output channel (2a+b)*C_out + c for phase (a, b), and the bias repeated 4x.
+    """
+    w = weight.detach().double()
+    collapse = torch.tensor([[[1.0, 0, 0], [0, 1, 1]], [[1.0, 1, 0], [0, 0, 1]]], dtype=w.dtype, device=w.device)
+    phases = [torch.einsum("ik,ockl,jl->ocij", collapse[a], w, collapse[b]) for a in (0, 1) for b in (0, 1)]
+    new_bias = None if bias is None else bias.detach().repeat(4)
+    return torch.cat(phases).to(weight.dtype), new_bias
+
+
+def interleave_phases(z: torch.Tensor) -> torch.Tensor:
+    """(B, 4C, H+1, W+1) output of the 2x2 upsample convolution -> (B, C, 2H, 2W), channels_last.
+
+    Phase (a, b) (channels (2a+b)*C ...) holds the output pixels (2i+a, 2j+b) at positions (i+a, j+b).
+    """
+    n, c4, h1, w1 = z.shape
+    c, h, w = c4 // 4, h1 - 1, w1 - 1
+    zp = z.view(n, 2, 2, c, h1, w1)
+    out = torch.empty((n, h, 2, w, 2, c), dtype=z.dtype, device=z.device)
+    for a in (0, 1):
+        for b in (0, 1):
+            out[:, :, a, :, b, :] = zp[:, a, b, :, a:a + h, b:b + w].permute(0, 2, 3, 1)
+    return out.view(n, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
+
+
+class FastUpsampleConv(nn.Module):
+    """nearest 2x upsample + 3x3 conv (stride 1, padding 1) [+ relu], computed on the low-resolution input."""
+
+    def __init__(self, conv: nn.Conv2d, relu: bool, dtype: torch.dtype, fused: bool):
+        super().__init__()
+        w, b = upsample_conv_weights(conv.weight, conv.bias)
+        self.conv = FastConv(w, b, 1, 1, relu, dtype, fused)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return interleave_phases(self.conv(x))
+
+
+class FastBlock(nn.Module):
+    """`blocks.Block` with fused convolutions: relu(conv3(relu(conv2(relu(conv1(x))))) + skip(x))."""
+
+    def __init__(self, block: Block, dtype: torch.dtype, fused: bool):
+        super().__init__()
+        c1, a1, c2, a2, c3 = block.conv
+        self.relu_inside = isinstance(a1, nn.ReLU)
+        self.act = None if self.relu_inside else a1  # other activations run unfused (same module, no weights)
+        self.conv1 = FastConv.of(c1, self.relu_inside, dtype, fused)
+        self.conv2 = FastConv.of(c2, self.relu_inside, dtype, fused)
+        self.conv3 = FastConv.of(c3, True, dtype, fused)  # + skip, then the block's fuse ReLU
+        self.skip = None if isinstance(block.skip, nn.Identity) else FastConv.of(block.skip, False, dtype, fused)
+        self.pool = None
+        if block.pool is not None:  # taef2: x + conv(relu(groupnorm(conv(x)))), GroupNorm computed in float32
+            p0, gn, _, p3 = block.pool
+            self.pool_in = FastConv.of(p0, False, dtype, fused)
+            self.pool_out = FastConv.of(p3, False, dtype, fused)
+            self.gn_groups, self.gn_eps = gn.num_groups, gn.eps
+            self.gn_weight = _param(gn.weight, torch.float32)
+            self.gn_bias = _param(gn.bias, torch.float32)
+            self.pool = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pool is not None:
+            g = self.pool_in(x)
+            g = F.group_norm(g.float(), self.gn_groups, self.gn_weight, self.gn_bias, self.gn_eps)
+            g = g.relu_().to(x.dtype).contiguous(memory_format=_CL)
+            x = self.pool_out(g, residual=x)
+        skip = x if self.skip is None else self.skip(x)
+        y = self.conv1(x)
+        y = y if self.act is None else self.act(y)
+        y = self.conv2(y)
+        y = y if self.act is None else self.act(y)
+        return self.conv3(y, residual=skip)
+
+
+class FastNet(nn.Module):
+    """An Encoder or Decoder rebuilt by `optimize`: same function, channels_last, fused layers. Inference only."""
+
+    def __init__(self, net: Encoder | Decoder, dtype: torch.dtype, fused: bool, rewrite: bool = True):
+        super().__init__()
+        self.clamp = isinstance(net, Decoder)
+        self.fused = fused
+        layers = list(net.layers)
+        ops: list[nn.Module] = []
+        i = 0
+        while i < len(layers):
+            layer = layers[i]
+            nxt = layers[i + 1] if i + 1 < len(layers) else None
+            if isinstance(layer, Block):
+                ops.append(FastBlock(layer, dtype, fused))
+            elif isinstance(layer, nn.Conv2d):
+                relu = isinstance(nxt, nn.ReLU)
+                ops.append(FastConv.of(layer, relu, dtype, fused))
+                i += relu
+            elif (rewrite and isinstance(layer, nn.Upsample) and _is_nearest_2x(layer) and isinstance(nxt, nn.Conv2d)
+                  and _is_3x3_same(nxt)):
+                after = layers[i + 2] if i + 2 < len(layers) else None
+                relu = isinstance(after, nn.ReLU)
+                ops.append(FastUpsampleConv(nxt, relu, dtype, fused))
+                i += 1 + relu
+            elif isinstance(layer, (nn.Upsample, nn.ReLU, nn.SiLU, nn.GELU, nn.Mish, Clamp, nn.Identity)):
+                ops.append(layer)  # parameter-free layers run as they are
+            else:
+                raise ValueError(f"optimize: unsupported layer {type(layer).__name__} in the network")
+            i += 1
+        self.ops = nn.Sequential(*ops)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused and x.device.type != "cpu":
+            raise ValueError(f"this model was optimized for the CPU but got a tensor on {x.device}; call optimize() "
+                             "again after moving the original model")
+        if torch.is_grad_enabled() and x.requires_grad:
+            raise ValueError("an optimized model is inference-only; use the original model to backpropagate")
+        with torch.no_grad():
+            if self.clamp:
+                x = torch.tanh(x / 3) * 3
+            x = self.ops(x.contiguous(memory_format=_CL))
+            return x.contiguous()
+
+
+def _is_nearest_2x(up: nn.Upsample) -> bool:
+    return up.mode == "nearest" and up.size is None and up.scale_factor in (2, 2.0, (2, 2), (2.0, 2.0))
+
+
+def _is_3x3_same(conv: nn.Conv2d) -> bool:
+    return (conv.kernel_size == (3, 3) and conv.stride == (1, 1) and conv.padding == (1, 1)
+            and conv.dilation == (1, 1) and conv.groups == 1 and conv.padding_mode == "zeros")
+
+
+# ---------------------------------------------------------------------------------------------- optimize
+class OptimizedAutoencoderTiny(AutoencoderTiny):
+    """What `optimize` returns: the AutoencoderTiny API over FastNet encoder/decoder. Inference only.
+
+    `precision` and `compute_dtype` say how it computes; `save_pretrained`/`save_original` write the original
+    float32 weights it was built from.
+    """
+
+    precision: str = "fp32"
+
+    def save_pretrained(self, save_directory: str | os.PathLike, safe_serialization: bool = True,
+                        **kwargs: Any) -> None:
+        self.__dict__["_source"].save_pretrained(save_directory, safe_serialization=safe_serialization, **kwargs)
+
+    def save_original(self, folder: str | os.PathLike, name: str, format: str = "safetensors") -> list[str]:
+        return self.__dict__["_source"].save_original(folder, name, format=format)
+
+    def enable_gradient_checkpointing(self) -> None:
+        raise ValueError("an optimized model is inference-only; enable gradient checkpointing on the original")
+
+    def optimize(self, **kw: Any) -> "OptimizedAutoencoderTiny":
+        return optimize(self.__dict__["_source"], **kw)
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return self.dtype
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", precision={self.precision}"
+
+
+def optimize(model: AutoencoderTiny, precision: str = "auto", *, rewrite: bool = True, compile: bool = False,
+             cuda_graphs: bool = False) -> OptimizedAutoencoderTiny:
+    """A copy of `model` whose encode/decode run as fast as this device allows; `model` itself is unchanged.
+
+    precision: "auto" (CPU: bfloat16 with AVX512-BF16/AMX, else float32; CUDA: float16), "fp32" (within 1e-5 of
+      the eager model), "bf16" or "fp16". Callers still pass and receive their own dtype.
+    rewrite: compute nearest-2x-upsample + 3x3 conv as a 2x2 conv on the low-resolution input (same function).
+    compile: wrap encoder and decoder in torch.compile (CUDA; on CPU the fused oneDNN path is already faster).
+    cuda_graphs: with compile on CUDA, capture CUDA graphs (mode "reduce-overhead"); best for fixed shapes.
+    The result is inference-only (inputs that require grad raise ValueError) and tied to the model's device.
+    """
+    if not isinstance(model, AutoencoderTiny):
+        raise ValueError(f"optimize expects a tinyae AutoencoderTiny, got {type(model).__name__}")
+    if isinstance(model, OptimizedAutoencoderTiny):
+        model = model.__dict__["_source"]
+    if not isinstance(compile, bool) or not isinstance(cuda_graphs, bool) or not isinstance(rewrite, bool):
+        raise ValueError("rewrite, compile and cuda_graphs must be bools")
+    device = model.device
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"optimize supports CPU and CUDA models, this one is on {device}")
+    if cuda_graphs and not (compile and device.type == "cuda"):
+        raise ValueError("cuda_graphs=True needs compile=True and a model on CUDA")
+    dtype = resolve_precision(precision, device)
+    fused = device.type == "cpu" and _fused_available()
+    cfg = model.config
+    fast = OptimizedAutoencoderTiny(**cfg.init_kwargs(), has_encoder=False, has_decoder=False)
+    if model.encoder is not None:
+        fast.encoder = FastNet(model.encoder, dtype, fused, rewrite)
+    if model.decoder is not None:
+        fast.decoder = FastNet(model.decoder, dtype, fused, rewrite)
+    if model.encoder is None and model.decoder is None:
+        raise ValueError("the model has neither encoder nor decoder")
+    fast.to(device)
+    for name in ("latent_magnitude", "latent_shift", "scaling_factor", "use_slicing", "use_tiling", "check_finite"):
+        setattr(fast, name, getattr(model, name))
+    fast.tiling_options = dict(model.tiling_options)
+    fast.precision = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    fast.__dict__["_source"] = model  # kept out of the module tree: not in parameters() or state_dict()
+    if compile:
+        mode = "reduce-overhead" if cuda_graphs else "max-autotune-no-cudagraphs"
+        for part in (fast.encoder, fast.decoder):
+            if part is not None:
+                part.forward = torch.compile(part.forward, mode=mode, dynamic=False)
+    return fast.eval()
+
+
+# ---------------------------------------------------------------------------------------------- ONNX
+ONNX_FILES = {"encoder": "encoder.onnx", "decoder": "decoder.onnx"}
+ONNX_CONFIG = "config.json"
+MIN_OPSET = 17
+
+
+class _ImagesToLatents(nn.Module):
+    """The exported encoder: images in [-1, 1] -> raw latents (the AutoencoderTiny.encode convention)."""
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.encoder(images.add(1).div(2))
+
+
+class _LatentsToImages(nn.Module):
+    """The exported decoder: raw latents -> images in about [-1, 1] (the AutoencoderTiny.decode convention)."""
+
+    def __init__(self, decoder: nn.Module):
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.decoder(latents).mul(2).sub(1)
+
+
+def _require_onnx() -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise ImportError("ONNX export and the onnxruntime backend need the onnx extra: "
+                          "pip install 'tinyae[onnx]'") from None
+
+
+def export_onnx(model: AutoencoderTiny, folder: str | os.PathLike, opset: int = MIN_OPSET, *,
+                overwrite: bool = False) -> list[Path]:
+    """Write `encoder.onnx` and `decoder.onnx` (whichever halves the model has) and `config.json` into `folder`.
+
+    Graphs are float32 with the AutoencoderTiny conventions built in: encoder `images` (B, 3, H, W) in [-1, 1]
+    -> `latents`; decoder `latents` (B, C, h, w) -> `images` in about [-1, 1]. Batch, height and width are
+    dynamic. Each file is checked with `onnx.checker` and written atomically; existing files raise
+    FileExistsError unless `overwrite`. Returns the written paths.
+    """
+    _require_onnx()
+    import onnx
+
+    from .weights import atomic_write
+
+    if not isinstance(model, AutoencoderTiny):
+        raise ValueError(f"export_onnx expects a tinyae AutoencoderTiny, got {type(model).__name__}")
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET:
+        raise ValueError(f"opset must be an integer >= {MIN_OPSET}, got {opset!r}")
+    if isinstance(model, OptimizedAutoencoderTiny):
+        model = model.__dict__["_source"]
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{folder} exists and is not a folder")
+    parts = {"encoder": model.encoder, "decoder": model.decoder}
+    targets = [folder / ONNX_FILES[p] for p, net in parts.items() if net is not None] + [folder / ONNX_CONFIG]
+    existing = [str(t) for t in targets if t.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"refusing to overwrite {', '.join(existing)} (pass overwrite=True / --overwrite)")
+    import copy
+    import json
+    import warnings
+
+    cfg = model.config
+    written = []
+    for part, net in parts.items():
+        if net is None:
+            continue
+        if part == "encoder":
+            wrapper: nn.Module = _ImagesToLatents(copy.deepcopy(net).float().cpu().eval())
+            size = 8 * cfg.spatial_scale_factor
+            example, names = torch.zeros(1, cfg.in_channels, size, size), ("images", "latents")
+        else:
+            wrapper = _LatentsToImages(copy.deepcopy(net).float().cpu().eval())
+            example, names = torch.zeros(1, cfg.latent_channels, 8, 8), ("latents", "images")
+        axes = {0: "batch", 2: "height", 3: "width"}
+        path = folder / ONNX_FILES[part]
+
+        def write(tmp: str, wrapper=wrapper, example=example, names=names) -> None:
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+                torch.onnx.export(wrapper, (example,), tmp, input_names=[names[0]], output_names=[names[1]],
+                                  dynamic_axes={names[0]: axes, names[1]: axes}, opset_version=opset,
+                                  dynamo=False)
+            onnx.checker.check_model(tmp)
+
+        atomic_write(path, write)
+        written.append(path)
+    config_path = folder / ONNX_CONFIG
+    text = json.dumps({**cfg.to_dict(), "_tinyae_onnx_opset": opset}, indent=2, sort_keys=True)
+    atomic_write(config_path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    written.append(config_path)
+    return written
+
+
+class OnnxRuntimeAutoencoder:
+    """AutoencoderTiny's encode/decode API over onnxruntime sessions (CPU tensors; float32 inside).
+
+    Inputs are checked like AutoencoderTiny's (ValueError naming the problem); outputs come back in the input's
+    dtype. `encode(x).latents`, `decode(z).sample`, `config`, `spatial_scale_factor` as on the torch model.
+    """
+
+    check_finite = True
+    _check = AutoencoderTiny._check  # the same input checks as the torch model (uses .device and .check_finite)
+
+    def __init__(self, folder: str | os.PathLike, providers: Sequence[str] | None = None,
+                 threads: int | None = None):
+        _require_onnx()
+        import json
+
+        import onnxruntime as ort
+
+        from .config import TinyConfig
+
+        folder = Path(folder)
+        if not (folder / ONNX_CONFIG).is_file():
+            raise ValueError(f"{folder}: not a tinyae ONNX export (no {ONNX_CONFIG}); create one with "
+                             "`tinyae export-onnx`")
+        with open(folder / ONNX_CONFIG, encoding="utf-8") as f:
+            self.config = TinyConfig.from_dict(json.load(f))
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        providers = list(providers) if providers else ["CPUExecutionProvider"]
+        self.sessions: dict[str, Any] = {}
+        for part, name in ONNX_FILES.items():
+            if (folder / name).is_file():
+                self.sessions[part] = ort.InferenceSession(str(folder / name), options, providers=providers)
+        if not self.sessions:
+            raise ValueError(f"{folder}: holds neither {ONNX_FILES['encoder']} nor {ONNX_FILES['decoder']}")
+        self.folder = folder
+
+    device = torch.device("cpu")
+    dtype = torch.float32
+
+    @property
+    def spatial_scale_factor(self) -> int:
+        return self.config.spatial_scale_factor
+
+    def _run(self, part: str, x: torch.Tensor) -> torch.Tensor:
+        if part not in self.sessions:
+            from .model import MissingPartError
+
+            raise MissingPartError(f"{self.folder} has no {ONNX_FILES[part]}: export a model that has the {part}")
+        session = self.sessions[part]
+        feed = {session.get_inputs()[0].name: x.detach().float().contiguous().numpy()}
+        return torch.from_numpy(session.run(None, feed)[0]).to(x.dtype)
+
+    def encode(self, x: torch.Tensor, return_dict: bool = True) -> AutoencoderTinyOutput | tuple[torch.Tensor]:
+        """Images (B, 3, H, W) in [-1, 1] -> raw latents (B, C, H/f, W/f)."""
+        if "encoder" in self.sessions:
+            x = self._check(x, "images", self.config.in_channels, self.spatial_scale_factor)
+        out = self._run("encoder", x)
+        return AutoencoderTinyOutput(latents=out) if return_dict else (out,)
+
+    def decode(self, x: torch.Tensor, generator: torch.Generator | None = None, return_dict: bool = True
+               ) -> DecoderOutput | tuple[torch.Tensor]:
+        """Raw latents (B, C, h, w) -> images (B, 3, h*f, w*f) in about [-1, 1]."""
+        if "decoder" in self.sessions:
+            x = self._check(x, "latents", self.config.latent_channels, 1)
+        out = self._run("decoder", x)
+        return DecoderOutput(sample=out) if return_dict else (out,)
+
+    def __repr__(self) -> str:
+        return f"OnnxRuntimeAutoencoder({str(self.folder)!r}, parts={list(self.sessions)})"
+
+
+BACKENDS = ("torch", "onnxruntime")
+
+
+def load_backend(model_or_onnx_folder: AutoencoderTiny | str | os.PathLike, backend: str = "onnxruntime",
+                 **options: Any) -> Any:
+    """An object with AutoencoderTiny's `encode(x).latents` / `decode(z).sample` running on `backend`.
+
+    backend "onnxruntime": from a folder written by `export_onnx`, or from a model (exported to a temporary
+    folder first); `options` go to OnnxRuntimeAutoencoder (providers, threads). backend "torch": the model
+    itself (or `optimize(model, **options)` when options are given).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "torch":
+        if not isinstance(model_or_onnx_folder, AutoencoderTiny):
+            raise ValueError("backend 'torch' needs an AutoencoderTiny model")
+        return optimize(model_or_onnx_folder, **options) if options else model_or_onnx_folder
+    if isinstance(model_or_onnx_folder, AutoencoderTiny):
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="tinyae-onnx-") as tmp:
+            export_onnx(model_or_onnx_folder, tmp)
+            backend_obj = OnnxRuntimeAutoencoder(tmp, **options)  # sessions hold the graphs in memory
+            backend_obj.folder = Path("<exported in memory>")
+            return backend_obj
+    if not isinstance(model_or_onnx_folder, (str, os.PathLike)):
+        raise ValueError(f"load_backend expects a model or a folder, got {type(model_or_onnx_folder).__name__}")
+    return OnnxRuntimeAutoencoder(model_or_onnx_folder, **options)
+
+
+def export_onnx_main(argv: Sequence[str] | None = None) -> int:
+    """`tinyae export-onnx --model SOURCE [SOURCE2] -o DIR [--opset N] [--overwrite] [--no-check]`.
+
+    Exports, then runs both graphs in onnxruntime on a test input and prints the max abs difference against
+    torch float32 (fails with exit status 1 above 1e-4). Returns the exit status.
+    """
+    parser = argparse.ArgumentParser(prog="tinyae export-onnx",
+                                     description="Export encoder and decoder to ONNX (dynamic height/width).")
+    parser.add_argument("--model", nargs="+", required=True, metavar="SOURCE",
+                        help="variant name, folder, weights file, or an encoder and a decoder file")
+    parser.add_argument("-o", "--output", required=True, help="output folder")
+    parser.add_argument("--opset", type=int, default=MIN_OPSET, help=f"ONNX opset (>= {MIN_OPSET})")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing files in the output folder")
+    parser.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+    args = parser.parse_args(argv)
+    if len(args.model) > 2:
+        parser.error("--model takes one source, or an encoder file and a decoder file")
+    from .weights import WeightsError
+
+    source = args.model[0] if len(args.model) == 1 else tuple(args.model)
+    try:
+        model = AutoencoderTiny.from_pretrained(source)
+        paths = export_onnx(model, args.output, opset=args.opset, overwrite=args.overwrite)
+    except (ValueError, FileExistsError, ImportError, OSError) as e:  # WeightsError is a ValueError
+        print(f"tinyae export-onnx: error: {e}", file=sys.stderr)
+        return 2 if not isinstance(e, WeightsError) else 1
+    for p in paths:
+        print(f"wrote {p}")
+    if args.no_check:
+        return 0
+    diffs = check_onnx(model, args.output)
+    ok = all(d <= ONNX_TOLERANCE for d in diffs.values())
+    for part, d in diffs.items():
+        print(f"onnxruntime vs torch float32, {part}: max abs difference {d:.2e} "
+              f"({'ok' if d <= ONNX_TOLERANCE else 'FAILED'}, tolerance {ONNX_TOLERANCE:.0e})")
+    return 0 if ok else 1
+
+
+ONNX_TOLERANCE = 1e-4
+
+
+def check_onnx(model: AutoencoderTiny, folder: str | os.PathLike, size: int = 128, seed: int = 0
+               ) -> dict[str, float]:
+    """Max abs difference of onnxruntime against the torch float32 model on a smooth test image of `size` pixels
+    (and its latents), per exported part."""
+    backend = OnnxRuntimeAutoencoder(folder)
+    ref = copy_float32_cpu(model)
+    f = ref.spatial_scale_factor
+    size = max(f, size // f * f)
+    gen = torch.Generator().manual_seed(seed)
+    images = F.interpolate(torch.rand(1, ref.config.in_channels, size // 8 + 1, size // 8 + 1, generator=gen),
+                           size=(size, size), mode="bilinear", align_corners=True) * 2 - 1
+    out: dict[str, float] = {}
+    with torch.no_grad():
+        latents = (ref.encode(images).latents if ref.encoder is not None else
+                   torch.randn(1, ref.config.latent_channels, size // f, size // f, generator=gen))
+        if "encoder" in backend.sessions:
+            out["encoder"] = float((backend.encode(images).latents - latents).abs().max())
+        if "decoder" in backend.sessions:
+            out["decoder"] = float((backend.decode(latents).sample - ref.decode(latents).sample).abs().max())
+    return out
+
+
+def copy_float32_cpu(model: AutoencoderTiny) -> AutoencoderTiny:
+    """The eager model as float32 on the CPU (a copy when a cast or move is needed; `model` is unchanged)."""
+    import copy
+
+    if isinstance(model, OptimizedAutoencoderTiny):
+        model = model.__dict__["_source"]
+    if model.dtype == torch.float32 and model.device.type == "cpu":
+        return model
+    return copy.deepcopy(model).float().cpu()
