@@ -249,6 +249,13 @@ class AutoencoderTiny(nn.Module):
         dec = self.decode(self.unscale_latents(scaled / 255.0).to(enc.dtype)).sample
         return DecoderOutput(sample=dec) if return_dict else (dec,)
 
+    # ------------------------------------------------------------------ fast inference (tinyae.runtime)
+    def optimize(self, precision: str = "auto", **kw: Any) -> "AutoencoderTiny":
+        """A copy whose encode/decode run as fast as this device allows; see `tinyae.runtime.optimize`."""
+        from .runtime import optimize
+
+        return optimize(self, precision, **kw)
+
     # ------------------------------------------------------------------ loading and saving
     @classmethod
     def from_config(cls, config: dict[str, Any] | TinyConfig, **kwargs: Any) -> "AutoencoderTiny":

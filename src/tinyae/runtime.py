@@ -279,8 +279,8 @@ class OptimizedAutoencoderTiny(AutoencoderTiny):
     def enable_gradient_checkpointing(self) -> None:
         raise ValueError("an optimized model is inference-only; enable gradient checkpointing on the original")
 
-    def optimize(self, **kw: Any) -> "OptimizedAutoencoderTiny":
-        return optimize(self.__dict__["_source"], **kw)
+    def optimize(self, precision: str = "auto", **kw: Any) -> "OptimizedAutoencoderTiny":
+        return optimize(self.__dict__["_source"], precision, **kw)
 
     @property
     def compute_dtype(self) -> torch.dtype:
