@@ -205,9 +205,9 @@ def run_bench(model: AutoencoderTiny, sizes: Sequence[int], repeats: int, warmup
     f = net.spatial_scale_factor
     for size in sizes:
         images = _photo(size).repeat(batch, 1, 1, 1).to(dev, io_dtype)
-        with torch.inference_mode():
-            latents = net.encode(images.float() if not cuda else images).latents.to(io_dtype)
-            ref_images = net.decode(latents.float()).sample if not cuda else None
+        with torch.inference_mode():  # the reference: tinyae eager float32
+            latents = net.encode(images.float()).latents.to(io_dtype)
+            ref_images = net.decode(latents.float()).sample
         flops = {"encode": conv_flops(net, lambda: net.encode(images.to(net.dtype))),
                  "decode": conv_flops(net, lambda: net.decode(latents.to(net.dtype)))}
         for name in names:
@@ -219,11 +219,10 @@ def run_bench(model: AutoencoderTiny, sizes: Sequence[int], repeats: int, warmup
                 row = {"contestant": name, "op": what, "size": size, "median_s": t,
                        "times_s": [round(v, 4) for v in times], "gflops": flops[what] / t / 1e9,
                        "precision": getattr(obj, "precision", "fp16" if cuda else "fp32")}
-                if ref_images is not None:
-                    with torch.inference_mode():
-                        out = fn()
-                        got = out if what == "decode" else net.decode(out.float()).sample
-                        row["psnr_db"] = psnr(got, ref_images)
+                with torch.inference_mode():
+                    out = fn()
+                    got = out if what == "decode" else net.decode(out.float()).sample
+                    row["psnr_db"] = psnr(got, ref_images)
                 results["rows"].append(row)
                 log(f"{size}^2 {what:6s} {name:32s} {t * 1000:9.1f} ms  {row['gflops']:7.1f} GFLOP/s"
                     + (f"  PSNR {row['psnr_db']:.1f} dB" if "psnr_db" in row else ""))
@@ -288,6 +287,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tinyae bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", nargs="+", metavar="SOURCE",
                         help="variant, folder or file(s); default: ../shared/weights taef2 pair, else 'taef2'")
+    parser.add_argument("--random", metavar="VARIANT",
+                        help="random weights with a variant's architecture (speed does not depend on the weights)")
     parser.add_argument("--sizes", nargs="+", type=int, default=[512, 1024], help="image sizes in pixels")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs before timing")
@@ -309,14 +310,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True  # the same for every contestant
     source: Any = _default_model_source() if not args.model else (
         args.model[0] if len(args.model) == 1 else tuple(args.model))
     try:
-        model = AutoencoderTiny.from_pretrained(source)
+        if args.random:
+            from .variants import variant_config
+
+            torch.manual_seed(0)
+            model = AutoencoderTiny(**variant_config(args.random)).eval()
+        else:
+            model = AutoencoderTiny.from_pretrained(source)
         f = model.spatial_scale_factor
         sizes = [s // f * f for s in args.sizes]
         results = run_bench(model, sizes, args.repeats, args.warmup, args.device, args.only, args.batch)
-    except (ValueError, ImportError) as e:
+    except (ValueError, ImportError, KeyError) as e:
         print(f"tinyae bench: error: {e}", file=sys.stderr)
         return 2
     text = format_markdown(results)

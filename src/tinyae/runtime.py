@@ -17,8 +17,12 @@ Callers keep passing and receiving their own dtype (AutoencoderTiny casts at the
 from __future__ import annotations
 
 import argparse
+import copy
+import json
 import os
 import sys
+import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -27,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .blocks import Block, Clamp, Decoder, Encoder
-from .model import AutoencoderTiny, AutoencoderTinyOutput, DecoderOutput
+from .model import AutoencoderTiny, AutoencoderTinyOutput, DecoderOutput, MissingPartError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -329,7 +333,7 @@ def optimize(model: AutoencoderTiny, precision: str = "auto", *, rewrite: bool =
     fast.precision = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
     fast.__dict__["_source"] = model  # kept out of the module tree: not in parameters() or state_dict()
     if compile:
-        mode = "reduce-overhead" if cuda_graphs else "max-autotune-no-cudagraphs"
+        mode = "reduce-overhead" if cuda_graphs else None
         for part in (fast.encoder, fast.decoder):
             if part is not None:
                 part.forward = torch.compile(part.forward, mode=mode, dynamic=False)
@@ -401,10 +405,6 @@ def export_onnx(model: AutoencoderTiny, folder: str | os.PathLike, opset: int = 
     existing = [str(t) for t in targets if t.exists()]
     if existing and not overwrite:
         raise FileExistsError(f"refusing to overwrite {', '.join(existing)} (pass overwrite=True / --overwrite)")
-    import copy
-    import json
-    import warnings
-
     cfg = model.config
     written = []
     for part, net in parts.items():
@@ -450,8 +450,6 @@ class OnnxRuntimeAutoencoder:
     def __init__(self, folder: str | os.PathLike, providers: Sequence[str] | None = None,
                  threads: int | None = None):
         _require_onnx()
-        import json
-
         import onnxruntime as ort
 
         from .config import TinyConfig
@@ -483,8 +481,6 @@ class OnnxRuntimeAutoencoder:
 
     def _run(self, part: str, x: torch.Tensor) -> torch.Tensor:
         if part not in self.sessions:
-            from .model import MissingPartError
-
             raise MissingPartError(f"{self.folder} has no {ONNX_FILES[part]}: export a model that has the {part}")
         session = self.sessions[part]
         feed = {session.get_inputs()[0].name: x.detach().float().contiguous().numpy()}
@@ -527,8 +523,6 @@ def load_backend(model_or_onnx_folder: AutoencoderTiny | str | os.PathLike, back
             raise ValueError("backend 'torch' needs an AutoencoderTiny model")
         return optimize(model_or_onnx_folder, **options) if options else model_or_onnx_folder
     if isinstance(model_or_onnx_folder, AutoencoderTiny):
-        import tempfile
-
         with tempfile.TemporaryDirectory(prefix="tinyae-onnx-") as tmp:
             export_onnx(model_or_onnx_folder, tmp)
             backend_obj = OnnxRuntimeAutoencoder(tmp, **options)  # sessions hold the graphs in memory
@@ -604,8 +598,6 @@ def check_onnx(model: AutoencoderTiny, folder: str | os.PathLike, size: int = 12
 
 def copy_float32_cpu(model: AutoencoderTiny) -> AutoencoderTiny:
     """The eager model as float32 on the CPU (a copy when a cast or move is needed; `model` is unchanged)."""
-    import copy
-
     if isinstance(model, OptimizedAutoencoderTiny):
         model = model.__dict__["_source"]
     if model.dtype == torch.float32 and model.device.type == "cpu":
