@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import PHOTOS, load_photo, psnr
-from tinyae import AutoencoderTiny
+from tinyae import AutoencoderTiny, runtime
 from tinyae.blocks import Block
 from tinyae.runtime import (FastBlock, FastUpsampleConv, OptimizedAutoencoderTiny, cpu_has_fast_bf16, optimize,
                             resolve_precision)
@@ -164,3 +164,26 @@ def test_errors_are_clear(taef2, astronaut):
         fast.enable_gradient_checkpointing()
     with pytest.raises(ValueError, match="channels"):  # the model's own input checks still apply
         fast.decode(torch.zeros(1, 4, 8, 8))
+
+
+@settings(max_examples=5, deadline=None)
+@given(h=st.integers(1, 13), w=st.integers(1, 4), batch=st.integers(1, 2), seed=st.integers(0, 2**16))
+def test_strips_equal_the_whole_image(h, w, batch, seed):
+    """The highest-resolution layers run on strips of 8 rows (forced tiny here): bitwise the unstriped result."""
+    torch.manual_seed(seed)
+    model = AutoencoderTiny(**variant_config("taesd")).eval()
+    fast = optimize(model, "fp32")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(runtime, "STRIP_BYTES", 1)
+        _compare_striped(fast, batch, h, w)
+
+
+def _compare_striped(fast, batch, h, w):
+    assert fast.encoder.strips is not None and fast.decoder.strips is not None
+    x = torch.rand(batch, 3, 8 * h, 8 * w) * 2 - 1
+    z = torch.randn(batch, 4, h, w)
+    with torch.inference_mode():
+        striped = fast.encode(x).latents, fast.decode(z).sample
+        fast.encoder.strips = fast.decoder.strips = None
+        whole = fast.encode(x).latents, fast.decode(z).sample
+    assert torch.equal(striped[0], whole[0]) and torch.equal(striped[1], whole[1])

@@ -116,15 +116,20 @@ class FastConv(nn.Module):
             raise ValueError(f"unsupported convolution {conv}: anisotropic stride or padding")
         return cls(conv.weight, conv.bias, conv.stride[0], conv.padding[0], relu, dtype, fused)
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, overwrite: bool = False
+                ) -> torch.Tensor:
+        """conv(x) [+ residual] [-> relu]; `overwrite` lets the result reuse `residual`'s memory (CPU)."""
         p, s = [self.padding] * 2, [self.stride] * 2
         if self.fused:
+            relu = "relu" if self.relu else None
             if residual is None:
                 return torch.ops.mkldnn._convolution_pointwise(
-                    x, self.weight, self.bias, p, s, [1, 1], 1, "relu" if self.relu else "none", [], "")
+                    x, self.weight, self.bias, p, s, [1, 1], 1, relu or "none", [], "")
+            if overwrite:  # no new allocation: fresh large tensors cost page faults on every call
+                return torch.ops.mkldnn._convolution_pointwise_.binary(
+                    residual, x, self.weight, self.bias, p, s, [1, 1], 1, "add", None, relu, [], None)
             return torch.ops.mkldnn._convolution_pointwise.binary(
-                x, residual, self.weight, self.bias, p, s, [1, 1], 1, "add", None,
-                "relu" if self.relu else None, [], None)
+                x, residual, self.weight, self.bias, p, s, [1, 1], 1, "add", None, relu, [], None)
         y = F.conv2d(x, self.weight, self.bias, s, p)
         if residual is not None:
             y = y.add_(residual)
@@ -191,22 +196,25 @@ class FastBlock(nn.Module):
             self.pool_in = FastConv.of(p0, False, dtype, fused)
             self.pool_out = FastConv.of(p3, False, dtype, fused)
             self.gn_groups, self.gn_eps = gn.num_groups, gn.eps
-            self.gn_weight = _param(gn.weight, torch.float32)
-            self.gn_bias = _param(gn.bias, torch.float32)
+            gn_dtype = torch.float32 if fused else dtype  # CPU: mixed-type GroupNorm; CUDA: stats in fp32 anyway
+            self.gn_weight = _param(gn.weight, gn_dtype)
+            self.gn_bias = _param(gn.bias, gn_dtype)
             self.pool = True
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
+        """`overwrite`: x belongs to the network (not the caller) and may be reused for the output."""
         if self.pool is not None:
             g = self.pool_in(x)
-            g = F.group_norm(g.float(), self.gn_groups, self.gn_weight, self.gn_bias, self.gn_eps)
-            g = g.relu_().to(x.dtype).contiguous(memory_format=_CL)
-            x = self.pool_out(g, residual=x)
+            # statistics in float32 (mixed-type group_norm) even for bf16/fp16 activations
+            g = F.group_norm(g, self.gn_groups, self.gn_weight, self.gn_bias, self.gn_eps).relu_()
+            x = self.pool_out(g.contiguous(memory_format=_CL), residual=x, overwrite=overwrite)
+            overwrite = True
         skip = x if self.skip is None else self.skip(x)
         y = self.conv1(x)
         y = y if self.act is None else self.act(y)
         y = self.conv2(y)
         y = y if self.act is None else self.act(y)
-        return self.conv3(y, residual=skip)
+        return self.conv3(y, residual=skip, overwrite=overwrite or self.skip is not None)
 
 
 class FastNet(nn.Module):
@@ -240,6 +248,34 @@ class FastNet(nn.Module):
                 raise ValueError(f"optimize: unsupported layer {type(layer).__name__} in the network")
             i += 1
         self.ops = nn.Sequential(*ops)
+        self.strips = _strip_plan(ops) if fused else None
+
+    def _run(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        for i in range(start, stop):
+            op = self.ops[i]
+            x = op(x, overwrite=i > start) if isinstance(op, FastBlock) else op(x)
+        return x
+
+    def _run_strips(self, x: torch.Tensor) -> torch.Tensor:
+        """The highest-resolution ops on horizontal strips of rows (with a margin that absorbs the strip edges'
+        wrong padding, then cropped), so their activations stay in cache. Exactly the unstriped result."""
+        start, stop, up, down, margin, row_bytes = self.strips
+        n, _, h, w = x.shape
+        rows = max(8, STRIP_BYTES // max(1, row_bytes * w * x.element_size())) // down * down
+        if h <= rows + 2 * margin:
+            return self._run(x, start, stop)
+        out = None
+        for b in range(n):
+            for r0 in range(0, h, rows):
+                r1 = min(h, r0 + rows)
+                lo, hi = max(0, r0 - margin), min(h, r1 + margin)
+                y = self._run(x[b:b + 1, :, lo:hi], start, stop)
+                y = y[:, :, (r0 - lo) * up // down:(r1 - lo) * up // down]
+                if out is None:
+                    out = torch.empty((n, y.shape[1], h * up // down, w * up // down), dtype=y.dtype,
+                                      device=y.device, memory_format=_CL)
+                out[b:b + 1, :, r0 * up // down:r0 * up // down + y.shape[2]] = y
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused and x.device.type != "cpu":
@@ -250,8 +286,60 @@ class FastNet(nn.Module):
         with torch.no_grad():
             if self.clamp:
                 x = torch.tanh(x / 3) * 3
-            x = self.ops(x.contiguous(memory_format=_CL))
-            return x.contiguous()
+            x = x.contiguous(memory_format=_CL)
+            if self.strips is None:
+                return self._run(x, 0, len(self.ops)).contiguous()
+            start, stop = self.strips[:2]
+            x = self._run(x, 0, start)
+            x = self._run_strips(x)
+            return self._run(x, stop, len(self.ops)).contiguous()
+
+
+STRIP_BYTES = 8 << 20  # target size of the largest activation of one strip (fits this class of CPU caches)
+
+
+def _geometry(op: nn.Module) -> tuple[int, int, int, int] | None:
+    """(up, down, halo rows at the op's input, widest output channels) of a layer, None if it cannot be striped
+    (GroupNorm statistics span the whole image)."""
+    if isinstance(op, FastUpsampleConv):
+        return 2, 1, 1, op.conv.weight.shape[0] // 4
+    if isinstance(op, FastConv):
+        return 1, op.stride, op.padding, op.weight.shape[0]
+    if isinstance(op, FastBlock) and op.pool is None:
+        return 1, 1, 3, op.conv1.weight.shape[0]
+    if isinstance(op, (nn.ReLU, nn.SiLU, nn.GELU, nn.Mish)):
+        return 1, 1, 0, 0
+    return None
+
+
+def _strip_plan(ops: Sequence[nn.Module]) -> tuple[int, int, int, int, int, int] | None:
+    """Which ops to run on strips of rows: those at the network's highest resolution (encoder: from the input to
+    the first stride-2 conv; decoder: from the last upsampling to the output), when they include a residual
+    block. Returns (start, stop, up, down, margin rows at the segment input, widest activation bytes per
+    segment-input row and column / element size), or None."""
+    levels, level = [], 0
+    for op in ops:
+        g = _geometry(op)
+        up, down = (g[0], g[1]) if g else (2 if isinstance(op, nn.Upsample) else 1, 1)
+        levels.append((level, level + up.bit_length() - down.bit_length()))
+        level = levels[-1][1]
+    top = max(max(a, b) for a, b in levels)
+    inside = [i for i, (a, b) in enumerate(levels) if a == top or b == top]
+    start, stop = inside[0], inside[-1] + 1
+    geos = [_geometry(op) for op in ops[start:stop]]
+    if any(g is None for g in geos) or not any(isinstance(op, FastBlock) for op in ops[start:stop]):
+        return None
+    up = down = 1
+    for g in geos:
+        up, down = up * g[0], down * g[1]
+    if up > 1 and down > 1:
+        return None
+    margin = 0  # rows of context each op needs, walked back from the output
+    for g in reversed(geos):
+        margin = -(-margin // g[0]) * g[1] + g[2]
+    margin = -(-margin // down) * down
+    row_bytes = max(g[3] for g in geos) * up * up  # widest activation, per input row and column, in elements
+    return start, stop, up, down, margin, row_bytes
 
 
 def _is_nearest_2x(up: nn.Upsample) -> bool:
