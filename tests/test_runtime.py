@@ -130,7 +130,8 @@ def test_upsample_conv_rewrite_equals_upsample_then_conv(cin, cout, h, w, batch,
     with torch.no_grad():
         ref = conv(nn.functional.interpolate(x, scale_factor=2, mode="nearest"))
         ref = ref.relu() if relu else ref
-        exact = FastUpsampleConv(conv, relu, torch.float64, fused=False)(x.contiguous(memory_format=torch.channels_last))
+        exact = FastUpsampleConv(conv, relu, torch.float64, fused=False)(
+            x.contiguous(memory_format=torch.channels_last))
         fused = FastUpsampleConv(conv.float(), relu, torch.float32, fused=True)(
             x.float().contiguous(memory_format=torch.channels_last))
     assert exact.shape == ref.shape and (exact - ref).abs().max() <= 1e-12

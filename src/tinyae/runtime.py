@@ -9,6 +9,8 @@ onnxruntime backend.
 - nearest 2x upsample + 3x3 convolution is rewritten as one 2x2 convolution with 4x the output channels on the
   low-resolution input, interleaved (the same function with 16 instead of 36 multiply-adds per low-resolution
   pixel and output channel: 2.25x less work, and no upsampled tensor);
+- on CPU, the layers at the highest resolution run on horizontal strips of rows whose activations fit in cache
+  (with a margin of rows that absorbs the strip edges, then cropped: bitwise the same result);
 - weights stored in the compute precision: bfloat16 on CPUs with AVX512-BF16 / AMX, float16 on CUDA, else float32.
 
 Callers keep passing and receiving their own dtype (AutoencoderTiny casts at the boundary). See docs/performance.md.
