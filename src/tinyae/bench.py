@@ -147,7 +147,11 @@ def diffusers_twin(model: AutoencoderTiny) -> tuple[AutoencoderTiny, bool]:
 
 
 def _to_diffusers(model: AutoencoderTiny) -> nn.Module:
-    from diffusers import AutoencoderTiny as DiffusersTiny
+    try:
+        from diffusers import AutoencoderTiny as DiffusersTiny
+    except ImportError:
+        raise ImportError("the diffusers contestant needs diffusers: pip install 'tinyae[diffusers]' "
+                          "(or leave it out with --only)") from None
 
     cfg = {k: v for k, v in model.config.init_kwargs().items() if k not in ("use_midblock_gn", "encoder_stem_channels")}
     theirs = DiffusersTiny(**cfg)
