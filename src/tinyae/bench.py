@@ -293,8 +293,9 @@ def format_markdown(results: dict[str, Any]) -> str:
              + (f", GPU {m['gpu']}" if m.get("gpu") else "") + "."]
     if "load_average_start" in m:
         lines.append(f"Load average at start {m['load_average_start']}, at end {m.get('load_average_end')}.")
-    lines.append(f"Batch {results['batch']}; median of {results['repeats']} runs after {results['warmup']} "
-                 "warm-up runs.")
+    w = results["warmup"]
+    lines.append(f"Batch {results['batch']}; median of {results['repeats']} runs after {w} warm-up "
+                 f"run{'' if w == 1 else 's'}.")
     if results["model"]["stripped_groupnorm"]:
         lines.append("Network: taef2's weights without the GroupNorm branch (diffusers cannot express it), the same "
                      "for every contestant; \"(full model)\" rows run the complete taef2.")
