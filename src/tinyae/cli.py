@@ -139,9 +139,12 @@ def identify_variant(source: Any, model: Any) -> str | None:
     return same[0] if len(same) == 1 else None
 
 
-def _offline_hint(spec: str, message: str) -> str:
+def _model_hint(spec: str, message: str) -> str:
+    """A WeightsError message with the command-line way out (local weights, or a pair of files)."""
     from .variants import get_variant, is_variant
 
+    if "pass the files as a pair" in message:
+        return message.split("; pass the files")[0] + "; name the two files: --model ENCODER_FILE,DECODER_FILE"
     if "not in the local cache" not in message:
         return message
     if is_variant(spec):
@@ -164,7 +167,7 @@ def load_model(spec: str, device: str = "cpu", dtype: str = "float32") -> tuple[
     try:
         model = AutoencoderTiny.from_pretrained(source)
     except WeightsError as e:
-        raise WeightsError(_offline_hint(spec, str(e))) from None
+        raise WeightsError(_model_hint(spec, str(e))) from None
     try:
         model = model.to(device=torch.device(device), dtype=getattr(torch, dtype))
     except (RuntimeError, AssertionError) as e:
@@ -196,9 +199,14 @@ class Runner:
     variant: str | None
 
 
-def prepare_runner(args: argparse.Namespace, spec: str) -> Runner:
+def prepare_runner(args: argparse.Namespace, spec: str, needs: Sequence[str]) -> Runner:
+    """Load --model for a command that needs the given parts ("encoder", "decoder")."""
     device = _resolve_device(args.device)
     model, source = load_model(spec, device, _resolve_dtype(args.dtype, device))
+    for part in needs:
+        if getattr(model, part) is None:
+            raise CliError(f"--model {spec}: has no {part} (its weights hold only the "
+                           f"{'decoder' if part == 'encoder' else 'encoder'}); this command needs the {part}")
     if args.tile:
         try:
             model.enable_tiling()
@@ -362,7 +370,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     handle_existing(jobs, args.force, args.resume)
     runner = None
     if any(j.status == "todo" for j in jobs):
-        runner = prepare_runner(args, default_model(args))
+        runner = prepare_runner(args, default_model(args), ["encoder"])
 
     def work(chunk: list[Job]) -> None:
         assert runner is not None
@@ -422,7 +430,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
     if spec is None:  # the variant the files were made with, when they agree
         made_by = {read_metadata(j.input).get("variant") for j in jobs if j.status == "todo"} - {None}
         spec = made_by.pop() if len(made_by) == 1 else DEFAULT_MODEL
-    runner = prepare_runner(args, spec) if any(j.status == "todo" for j in jobs) else None
+    runner = prepare_runner(args, spec, ["decoder"]) if any(j.status == "todo" for j in jobs) else None
+    warned: set[Path] = set()
 
     def work(chunk: list[Job]) -> None:
         assert runner is not None
@@ -432,7 +441,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
                 e = load_latents(j.input)
                 check_channels(runner.model, e.latents, str(j.input), e.metadata.get("variant"))
                 made_by = e.metadata.get("variant")
-                if made_by and runner.variant and made_by != runner.variant:
+                if made_by and runner.variant and made_by != runner.variant and j.input not in warned:
+                    warned.add(j.input)
                     rep.warn(f"{j.input}: made by {made_by}, decoding with {runner.variant}")
                 loaded.append(e)
             except ValueError as err:
@@ -477,7 +487,7 @@ def cmd_roundtrip(args: argparse.Namespace) -> int:
         plan_outputs(jobs, out, lambda p: p.stem + ".compare.png", ())
         check_output_folder(out)
         handle_existing(jobs, args.force, args.resume)
-    runner = prepare_runner(args, default_model(args)) if any(j.status == "todo" for j in jobs) else None
+    runner = prepare_runner(args, default_model(args), ["encoder", "decoder"]) if any(j.status == "todo" for j in jobs) else None
 
     def work(chunk: list[Job]) -> None:
         assert runner is not None
@@ -561,7 +571,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     try:
         model = AutoencoderTiny.from_pretrained(source)
     except WeightsError as e:
-        raise WeightsError(_offline_hint(args.src, str(e))) from None
+        raise WeightsError(_model_hint(args.src, str(e))) from None
     dtype = _source_dtype(source) if args.dtype == "keep" else args.dtype
     model = model.to(getattr(torch, dtype))
     variant = identify_variant(source, model)
@@ -627,7 +637,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         model = AutoencoderTiny.from_pretrained(source)
         files = resolve_files(source)
     except WeightsError as e:
-        raise WeightsError(_offline_hint(args.src, str(e))) from None
+        raise WeightsError(_model_hint(args.src, str(e))) from None
     variant = identify_variant(source, model)
     same_arch = [n for n in VARIANTS if variant_config(n) == model.config.init_kwargs()]
     params = {part: sum(p.numel() for p in getattr(model, part).parameters())
