@@ -14,6 +14,7 @@ from tinyae.codec import LatentFileError, latents_to_png, png_layout, png_to_lat
 from tinyae.images import ImageError, pad_to_multiple, psnr, read_image, ssim, to_source
 
 from conftest import IMAGES
+from test_cli import one_thread  # noqa: F401  (one torch thread: a loaded 2-core machine spin-waits with 2)
 
 
 def small_model(latent_channels: int = 4) -> tinyae.AutoencoderTiny:

@@ -487,7 +487,9 @@ def cmd_roundtrip(args: argparse.Namespace) -> int:
         plan_outputs(jobs, out, lambda p: p.stem + ".compare.png", ())
         check_output_folder(out)
         handle_existing(jobs, args.force, args.resume)
-    runner = prepare_runner(args, default_model(args), ["encoder", "decoder"]) if any(j.status == "todo" for j in jobs) else None
+    runner = None
+    if any(j.status == "todo" for j in jobs):
+        runner = prepare_runner(args, default_model(args), ["encoder", "decoder"])
 
     def work(chunk: list[Job]) -> None:
         assert runner is not None
