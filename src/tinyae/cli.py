@@ -278,7 +278,7 @@ def plan_outputs(jobs: list[Job], out: Path, name: Callable[[Path], str], suffix
         assert j.output is not None
         if j.output in seen:
             raise CliError(f"{seen[j.output]} and {j.input} would both be written to {j.output}; "
-                           "encode them into different folders")
+                           "write them to different folders (one command each)")
         seen[j.output] = j.input
     return out.parent if single else out
 
@@ -352,6 +352,21 @@ def _run_jobs(rep: Reporter, jobs: list[Job], what: str, batch_size: int,
                 bar.advance()
 
 
+def _read_each(rep: Reporter, chunk: list[Job], read: Callable[[Job], Any]) -> tuple[list[Job], list[Any]]:
+    """`read(job)` for each pending job; a ValueError (bad input) fails that job alone. Returns (jobs, results)."""
+    live, results = [], []
+    for j in chunk:
+        if j.status != "todo":
+            continue
+        try:
+            results.append(read(j))
+            live.append(j)
+        except ValueError as e:
+            j.status, j.error = "failed", _one_line(e)
+            rep.fail(j.error)
+    return live, results
+
+
 def _kb(n: int) -> str:
     return f"{n / 1024:.1f} KB"
 
@@ -374,14 +389,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
     def work(chunk: list[Job]) -> None:
         assert runner is not None
-        images = []
-        for j in chunk:
-            try:
-                images.append(read_image(j.input))
-            except ValueError as e:
-                j.status, j.error = "failed", _one_line(e)
-                rep.fail(j.error)
-        live = [j for j in chunk if j.status == "todo"]
+        live, images = _read_each(rep, chunk, lambda j: read_image(j.input))
         for j, enc in zip(live, encode_images(runner.engine, images, batch_size=args.batch_size)):
             assert j.output is not None
             meta: dict[str, Any] = {"variant": runner.variant, "source": j.input.name,
@@ -433,22 +441,19 @@ def cmd_decode(args: argparse.Namespace) -> int:
     runner = prepare_runner(args, spec, ["decoder"]) if any(j.status == "todo" for j in jobs) else None
     warned: set[Path] = set()
 
+    def load(j: Job) -> Any:
+        assert runner is not None
+        e = load_latents(j.input)
+        made_by = e.metadata.get("variant")
+        check_channels(runner.model, e.latents, str(j.input), made_by)
+        if made_by and runner.variant and made_by != runner.variant and j.input not in warned:
+            warned.add(j.input)
+            rep.warn(f"{j.input}: made by {made_by}, decoding with {runner.variant}")
+        return e
+
     def work(chunk: list[Job]) -> None:
         assert runner is not None
-        loaded = []
-        for j in chunk:
-            try:
-                e = load_latents(j.input)
-                check_channels(runner.model, e.latents, str(j.input), e.metadata.get("variant"))
-                made_by = e.metadata.get("variant")
-                if made_by and runner.variant and made_by != runner.variant and j.input not in warned:
-                    warned.add(j.input)
-                    rep.warn(f"{j.input}: made by {made_by}, decoding with {runner.variant}")
-                loaded.append(e)
-            except ValueError as err:
-                j.status, j.error = "failed", _one_line(err)
-                rep.fail(j.error)
-        live = [j for j in chunk if j.status == "todo"]
+        live, loaded = _read_each(rep, chunk, load)
         for j, im in zip(live, decode_latents(runner.engine, loaded, batch_size=args.batch_size)):
             assert j.output is not None
             save_image(im, j.output, args.format, args.quality)
