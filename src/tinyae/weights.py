@@ -294,47 +294,109 @@ def build(sd: dict[str, torch.Tensor], config: dict[str, Any] | None = None, sou
 
 
 # ---------------------------------------------------------------------------------------------- hub
+_SHA256_NAME = re.compile(r"[0-9a-f]{64}")
+
+
+class _NotCached(WeightsError):
+    """A hub file that is not in the cache while the hub cannot be reached (or offline mode is on)."""
+
+
+class _NotOnHub(WeightsError):
+    """The hub says the repository has no such file."""
+
+
+def _hub_settings(cache_dir: str | os.PathLike | None, local_files_only: bool | None) -> dict[str, Any]:
+    """endpoint, cache_dir and offline mode from HF_ENDPOINT, HF_HUB_CACHE / HF_HOME and HF_HUB_OFFLINE as they are
+    now: huggingface_hub reads them once, when it is imported, so a later `os.environ[...] = ...` would be ignored."""
+    from huggingface_hub import constants
+
+    env = os.environ
+    endpoint = env.get("HF_ENDPOINT", "").strip().rstrip("/") or None
+    if cache_dir is None:
+        home = env.get("HF_HOME")
+        cache_dir = (env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE")
+                     or (os.path.join(os.path.expanduser(home), "hub") if home else None))
+    offline = (bool(local_files_only) or constants.HF_HUB_OFFLINE
+               or env.get("HF_HUB_OFFLINE", "").strip().upper() in constants.ENV_VARS_TRUE_VALUES)
+    return {"endpoint": endpoint, "cache_dir": cache_dir, "local_files_only": offline}
+
+
+def _not_cached(where: str, offline: bool) -> _NotCached:
+    why = ("offline mode is on (HF_HUB_OFFLINE=1 or local_files_only=True)" if offline
+           else "the hub cannot be reached")
+    return _NotCached(f"{where}: not in the local huggingface_hub cache and {why}. Download it once with network "
+                      "access (HF_ENDPOINT may point to a mirror), or pass local weights instead: a folder, a "
+                      "weights file, or a pair (encoder_path, decoder_path)")
+
+
 def hub_download(repo_id: str, filename: str, *, sha256: str | None = None, revision: str | None = None,
                  cache_dir: str | os.PathLike | None = None, local_files_only: bool | None = None,
                  subfolder: str | None = None, token: str | bool | None = None) -> str:
     """Download one file through huggingface_hub (its cache, HF_HUB_OFFLINE, HF_ENDPOINT) and check its sha256.
 
-    A file whose sha256 does not match is removed from the cache (so no later run trusts it) and raises WeightsError.
+    Returns the path of the file in the cache. Raises WeightsError: the file is not in the repository, not cached
+    while offline or unreachable, unknown repository or revision, an interrupted or short transfer, a sha256
+    mismatch (see `_verify`).
     """
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (EntryNotFoundError, LocalEntryNotFoundError, OfflineModeIsEnabled,
-                                        RepositoryNotFoundError, RevisionNotFoundError)
+    from huggingface_hub.errors import (GatedRepoError, LocalEntryNotFoundError, OfflineModeIsEnabled,
+                                        RemoteEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError)
 
+    from . import __version__
+
+    settings = _hub_settings(cache_dir, local_files_only)
     where = f"{repo_id}/{subfolder + '/' if subfolder else ''}{filename}"
     try:
-        path = hf_hub_download(repo_id, filename, subfolder=subfolder, revision=revision, cache_dir=cache_dir,
-                               local_files_only=bool(local_files_only), token=token, library_name="tinyae")
-    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as e:
-        raise WeightsError(
-            f"{where}: not in the local cache and the hub cannot be reached ({type(e).__name__}). Download it "
-            f"once with network access, or pass a local path (a folder or files) instead") from None
-    except (RepositoryNotFoundError, RevisionNotFoundError) as e:
-        raise WeightsError(f"{where}: repository or revision not found on the hub ({type(e).__name__})") from None
-    except EntryNotFoundError:
-        raise
-    except Exception as e:
-        raise WeightsError(f"{where}: download failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})") \
+        path = hf_hub_download(repo_id, filename, subfolder=subfolder, revision=revision, token=token,
+                               library_name="tinyae", library_version=__version__, **settings)
+    except RemoteEntryNotFoundError:
+        raise _NotOnHub(f"{where}: no such file in the repository"
+                        f"{f' at revision {revision!r}' if revision else ''}") from None
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled):
+        raise _not_cached(where, settings["local_files_only"]) from None
+    except GatedRepoError:
+        raise WeightsError(f"{where}: the repository is gated; accept its terms on the hub and pass token=...") \
             from None
-    if sha256:
-        actual = sha256_file(path)
-        if actual != sha256.lower():
-            _evict(path)
-            raise WeightsError(f"{where}: sha256 mismatch after download (expected {sha256}, got {actual}); "
-                               "the corrupted file was removed from the cache")
+    except RepositoryNotFoundError:
+        raise WeightsError(f"{repo_id}: no such repository on the hub (or it is private: pass token=...)") from None
+    except RevisionNotFoundError:
+        raise WeightsError(f"{repo_id}: revision {revision!r} not found on the hub") from None
+    except Exception as e:  # interrupted or short transfer, server error, ...: huggingface_hub keeps no partial file
+        raise WeightsError(f"{where}: download failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                           "nothing was cached, try again") from None
+    _verify(path, sha256, where)
     return path
 
 
-def _evict(path: str) -> None:
-    """Remove a cached file: the snapshot link and the blob it points to."""
-    real = os.path.realpath(path)
-    for p in {path, real}:
+def _verify(path: str, sha256: str | None, where: str) -> None:
+    """Check a cached hub file against the pinned sha256 and against the hub's own: an LFS file's cache blob is
+    named by the sha256 the hub announced (its ETag). A file that fails is evicted, so no later run trusts it."""
+    blob = os.path.basename(os.path.realpath(path))
+    checks = [("pinned", sha256.lower())] if sha256 else []
+    if _SHA256_NAME.fullmatch(blob):
+        checks.append(("announced by the hub", blob))
+    if not checks:
+        return
+    actual = sha256_file(path)
+    for what, expected in checks:
+        if actual != expected:
+            _evict(path, expected)
+            raise WeightsError(f"{where}: sha256 mismatch (expected {expected}, {what}; got {actual}): the file is "
+                               "corrupt or not the one asked for. It was removed from the cache, so the next run "
+                               "downloads it again")
+
+
+def _evict(path: str, expected: str) -> None:
+    """Remove a cached file: its snapshot entry, the blob it links to, and a blob named by the expected sha256
+    (where the cache copies files instead of linking them)."""
+    entry = Path(path)
+    targets = {entry, Path(os.path.realpath(entry))}
+    storage = next((p.parent for p in entry.parents if p.name == "snapshots"), None)
+    if storage is not None:
+        targets.add(storage / "blobs" / expected)
+    for p in targets:
         try:
-            os.unlink(p)
+            p.unlink(missing_ok=True)
         except OSError:
             pass
 
@@ -351,30 +413,66 @@ def _variant_files(v: Variant, **hub: Any) -> dict[str, Any]:
     return {"config": None, "files": files}
 
 
-def _repo_files(repo_id: str, **hub: Any) -> dict[str, Any]:
-    """A hub repo in diffusers layout, or with an original encoder/decoder pair."""
-    from huggingface_hub.errors import EntryNotFoundError
+def _repo_files(repo_id: str, *, subfolder: str | None = None, **hub: Any) -> dict[str, Any]:
+    """A hub repo in diffusers layout, or with an original encoder/decoder pair (found by listing the repo).
 
+    Offline, or when the hub cannot be reached, the repo's cached snapshot is used as a local folder.
+    """
+    from huggingface_hub import HfApi
+
+    settings = _hub_settings(hub.get("cache_dir"), hub.get("local_files_only"))
+    if settings["local_files_only"]:
+        return _cached_repo_files(repo_id, subfolder, **hub)
     try:
-        cfg_path = hub_download(repo_id, "config.json", **hub)
+        cfg_path = hub_download(repo_id, "config.json", subfolder=subfolder, **hub)
+    except _NotOnHub:
+        cfg_path = None
+    except _NotCached:
+        return _cached_repo_files(repo_id, subfolder, **hub)
+    if cfg_path is not None:
         for name in DIFFUSERS_WEIGHTS:
             try:
-                return {"config": _read_config(cfg_path), "files": [(hub_download(repo_id, name, **hub), None)]}
-            except EntryNotFoundError:
+                w = hub_download(repo_id, name, subfolder=subfolder, **hub)
+            except _NotOnHub:
                 continue
-        raise WeightsError(f"{repo_id}: has config.json but no diffusion_pytorch_model weights")
-    except EntryNotFoundError:
-        pass
-    from huggingface_hub import list_repo_files
-
+            return {"config": _read_config(cfg_path), "files": [(w, None)]}
+        raise WeightsError(f"{repo_id}: has config.json but no {' or '.join(DIFFUSERS_WEIGHTS)}")
     try:
-        names = list_repo_files(repo_id, revision=hub.get("revision"), token=hub.get("token"))
+        names = HfApi(endpoint=settings["endpoint"]).list_repo_files(repo_id, revision=hub.get("revision"),
+                                                                     token=hub.get("token"))
     except Exception as e:
-        raise WeightsError(f"{repo_id}: cannot list the repository ({type(e).__name__})") from None
+        raise WeightsError(f"{repo_id}: cannot list the repository ({type(e).__name__}: "
+                           f"{str(e).splitlines()[0][:200]})") from None
+    if subfolder:
+        names = [n[len(subfolder) + 1:] for n in names if n.startswith(subfolder.strip("/") + "/")]
     pair = _find_pair(names, repo_id)
     if not pair:
-        raise WeightsError(f"{repo_id}: no diffusers layout and no <name>_encoder/<name>_decoder weights found")
-    return {"config": None, "files": [(hub_download(repo_id, f, **hub), part) for f, part in pair]}
+        raise WeightsError(f"{repo_id}: no diffusers layout (config.json + {DIFFUSERS_WEIGHTS[0]}) and no "
+                           f"<name>_encoder/<name>_decoder weights found (files: {sorted(names)[:8]})")
+    return {"config": None, "files": [(hub_download(repo_id, f, subfolder=subfolder, **hub), part)
+                                      for f, part in pair]}
+
+
+def _cached_repo_files(repo_id: str, subfolder: str | None, *, revision: str | None = None,
+                       cache_dir: str | os.PathLike | None = None, local_files_only: bool | None = None,
+                       token: str | bool | None = None) -> dict[str, Any]:
+    """What the cache holds of a hub repo (its snapshot folder for `revision`), read like a local folder."""
+    from huggingface_hub import snapshot_download
+
+    settings = _hub_settings(cache_dir, local_files_only)
+    try:
+        folder = snapshot_download(repo_id, revision=revision, cache_dir=settings["cache_dir"],
+                                   local_files_only=True)
+    except Exception:
+        raise _not_cached(repo_id, settings["local_files_only"]) from None
+    try:
+        found = _local_files(Path(folder), subfolder)
+    except WeightsError as e:
+        raise WeightsError(f"{repo_id}: the cached copy is incomplete ({e}); download it again with network "
+                           "access, or pass local weights instead") from None
+    for path, _ in found["files"]:
+        _verify(path, None, f"{repo_id}/{os.path.basename(path)}")
+    return found
 
 
 # ---------------------------------------------------------------------------------------------- local
