@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -71,6 +72,7 @@ class HubServer:
         self._lock = threading.Lock()
         self._servers: list[ThreadingHTTPServer] = []
         self._threads: list[threading.Thread] = []
+        self._connections: set = set()  # open sockets, closed by stop(): keep-alive must not outlive the server
 
     # ------------------------------------------------------------------------------------------ setup
     def add_repo(self, repo_id: str, files: dict[str, bytes | str | Path]) -> Repo:
@@ -107,10 +109,18 @@ class HubServer:
         return self
 
     def stop(self) -> None:
-        """Shut both ports down (idempotent): afterwards connections are refused, as with an unreachable hub."""
+        """Shut both ports down (idempotent): afterwards connections are refused, and kept-alive ones are closed,
+        as with an unreachable hub."""
         for server in self._servers:
             server.shutdown()
             server.server_close()
+        with self._lock:
+            for conn in self._connections:
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            self._connections.clear()
         for thread in self._threads:
             thread.join(timeout=5)
         self._threads.clear()
@@ -153,6 +163,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:  # quiet
         pass
+
+    def setup(self) -> None:
+        super().setup()
+        with self.hub._lock:
+            self.hub._connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.hub._lock:
+            self.hub._connections.discard(self.connection)
+        super().finish()
 
     @property
     def hub(self) -> HubServer:

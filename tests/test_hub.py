@@ -8,7 +8,6 @@ call time, and the tests check that the server (not huggingface.co) saw the requ
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from conftest import TAEF2, TAESANA_ENCODER, load_photo, IMAGES
+from conftest import IMAGES, TAEF2, TAESANA_ENCODER, load_photo
 from hubserver import HubServer
 from tinyae import AutoencoderTiny, WeightsError
 from tinyae.variants import get_variant, variant_config
@@ -217,10 +216,10 @@ def test_explicit_sha256(hub, tmp_path):
 
 # ---------------------------------------------------------------------------------------------- cache, offline
 @pytest.mark.parametrize("kind", ["variant", "diffusers", "pair"])
-def test_second_load_works_offline_and_when_the_hub_is_unreachable(hub, tmp_path, monkeypatch, kind):
+def test_second_load_works_offline_and_when_the_hub_is_unreachable(hub, tmp_path, monkeypatch, taef2, kind):
     if kind == "variant":
         hub.add_repo(TAEF2_REPO, TAEF2_FILES)
-        source, expected = "taef2", AutoencoderTiny.from_pretrained(TAEF2)
+        source, expected = "taef2", taef2
     else:
         expected = tiny_model()
         files = diffusers_files(expected, tmp_path / "m") if kind == "diffusers" else pair_files(expected, tmp_path)
@@ -253,10 +252,10 @@ def test_unreachable_hub_with_an_empty_cache(hub):
         AutoencoderTiny.from_pretrained("someone/tiny")
 
 
-def test_cache_dir_argument(hub, tmp_path, taef2):
-    hub.add_repo(TAEF2_REPO, TAEF2_FILES)
-    AutoencoderTiny.from_pretrained("taef2", cache_dir=tmp_path / "elsewhere")
-    assert (tmp_path / "elsewhere" / "models--madebyollin--taef2").is_dir()
+def test_cache_dir_argument(hub, tmp_path):
+    hub.add_repo("someone/tiny-pair", pair_files(tiny_model(), tmp_path))
+    AutoencoderTiny.from_pretrained("someone/tiny-pair", cache_dir=tmp_path / "elsewhere")
+    assert (tmp_path / "elsewhere" / "models--someone--tiny-pair").is_dir()
     assert not hub.cache.exists()
 
 
@@ -302,13 +301,29 @@ def test_truncated_transfer_leaves_nothing_trusted(hub, monkeypatch, taef2, mode
     assert same_weights(AutoencoderTiny.from_pretrained("taef2"), taef2)
 
 
-def test_interrupted_transfer_is_resumed(hub, taef2):
-    hub.add_repo(TAEF2_REPO, TAEF2_FILES)
-    hub.fault(TAEF2_REPO, "taef2_decoder.pth", "cut", times=1)
-    assert same_weights(AutoencoderTiny.from_pretrained("taef2"), taef2)
-    ranged = [p for m, p in hub.requests if m == "GET" and p.endswith(get_variant("taef2").sha256[
-        "taef2_decoder.pth"])]
-    assert len(ranged) == 2  # the cut transfer and its resumption
+def test_interrupted_transfer_is_resumed(hub, tmp_path):
+    model = tiny_model()
+    files = pair_files(model, tmp_path)
+    hub.add_repo("someone/tiny-pair", files)
+    hub.fault("someone/tiny-pair", "tiny_decoder.safetensors", "cut", times=1)
+    assert same_weights(AutoencoderTiny.from_pretrained("someone/tiny-pair"), model)
+    sha = hashlib.sha256(files["tiny_decoder.safetensors"]).hexdigest()
+    assert len([p for p in fetched(hub) if p.endswith(sha)]) == 2  # the cut transfer and its resumption
+
+
+def test_half_cached_pair_repo_is_not_loaded_as_an_encoder_only_model(hub, monkeypatch, tmp_path):
+    hub.add_repo("someone/tiny-pair", pair_files(tiny_model(), tmp_path))
+    hub.fault("someone/tiny-pair", "tiny_decoder.safetensors", "corrupt")
+    with pytest.raises(WeightsError, match="tiny_decoder.safetensors: sha256 mismatch"):
+        AutoencoderTiny.from_pretrained("someone/tiny-pair")
+    assert list(hub.cache.rglob("snapshots/*/tiny_encoder.safetensors"))  # the good half stays cached
+    with monkeypatch.context() as m:
+        offline(m)
+        with pytest.raises(WeightsError, match="someone/tiny-pair: the cached copy is incomplete"):
+            AutoencoderTiny.from_pretrained("someone/tiny-pair")
+    hub.stop()
+    with pytest.raises(WeightsError, match="the cached copy is incomplete"):
+        AutoencoderTiny.from_pretrained("someone/tiny-pair")
 
 
 def test_file_corrupted_in_the_cache_later_is_evicted(hub, monkeypatch, tmp_path):

@@ -444,7 +444,8 @@ def _repo_files(repo_id: str, *, subfolder: str | None = None, **hub: Any) -> di
         raise WeightsError(f"{repo_id}: cannot list the repository ({type(e).__name__}: "
                            f"{str(e).splitlines()[0][:200]})") from None
     if subfolder:
-        names = [n[len(subfolder) + 1:] for n in names if n.startswith(subfolder.strip("/") + "/")]
+        prefix = subfolder.strip("/") + "/"
+        names = [n[len(prefix):] for n in names if n.startswith(prefix)]
     pair = _find_pair(names, repo_id)
     if not pair:
         raise WeightsError(f"{repo_id}: no diffusers layout (config.json + {DIFFUSERS_WEIGHTS[0]}) and no "
@@ -465,11 +466,22 @@ def _cached_repo_files(repo_id: str, subfolder: str | None, *, revision: str | N
                                    local_files_only=True)
     except Exception:
         raise _not_cached(repo_id, settings["local_files_only"]) from None
-    try:
-        found = _local_files(Path(folder), subfolder)
-    except WeightsError as e:
-        raise WeightsError(f"{repo_id}: the cached copy is incomplete ({e}); download it again with network "
-                           "access, or pass local weights instead") from None
+    folder = Path(folder) / subfolder if subfolder else Path(folder)
+    names = sorted(os.listdir(folder)) if folder.is_dir() else []
+    incomplete = (f"{repo_id}: the cached copy is incomplete (a download may have failed; files: {names[:8]}). "
+                  "Download it again with network access, or pass local weights instead")
+    if "config.json" in names:
+        try:
+            found = _local_files(folder, None)
+        except WeightsError:
+            raise WeightsError(incomplete) from None
+    else:
+        # Both halves: offline, a missing half cannot be told from one whose download failed (a repo with only an
+        # encoder can still be loaded offline by passing the cached file's path).
+        pair = _find_pair(names, repo_id)
+        if len(pair) != 2:
+            raise WeightsError(incomplete)
+        found = {"config": None, "files": [(str(folder / f), part) for f, part in pair]}
     for path, _ in found["files"]:
         _verify(path, None, f"{repo_id}/{os.path.basename(path)}")
     return found
