@@ -119,6 +119,22 @@ def test_variant_name_downloads_pinned_release_and_matches_local_files(hub, taef
     assert fetched(hub) == []
 
 
+def test_variant_repo_holding_one_combined_file_instead_of_the_release_pair(hub, tmp_path, monkeypatch, taef2):
+    # Third-party code downloads madebyollin/taef2 as one diffusers-keyed "taef2.safetensors" (no config.json):
+    # the registry's (pinned) release names are tried first, then the repo is read like any repo id.
+    from safetensors.torch import save_file
+
+    save_file({k: v.half() for k, v in taef2.state_dict().items()}, tmp_path / "taef2.safetensors")
+    hub.add_repo(TAEF2_REPO, {"taef2.safetensors": tmp_path / "taef2.safetensors", "README.md": b"# taef2"})
+    model = AutoencoderTiny.from_pretrained("taef2")
+    assert same_weights(model, taef2) and model.config.use_midblock_gn
+    assert ("HEAD", f"/{TAEF2_REPO}/resolve/main/taef2_encoder.pth") in hub.requests
+    assert ("GET", f"/api/models/{TAEF2_REPO}/tree/main") in hub.requests
+    with monkeypatch.context() as m:
+        offline(m)
+        assert same_weights(AutoencoderTiny.from_pretrained("taef2"), taef2)
+
+
 def test_diffusers_layout_variant(hub, tmp_path):
     model = AutoencoderTiny(**variant_config("taesd"))
     hub.add_repo("madebyollin/taesd", diffusers_files(model, tmp_path / "taesd"))

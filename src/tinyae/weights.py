@@ -406,10 +406,20 @@ def _variant_files(v: Variant, **hub: Any) -> dict[str, Any]:
         cfg_path = hub_download(v.repo_id, "config.json", **hub)
         w = hub_download(v.repo_id, v.files[1], sha256=v.sha256.get(v.files[1]), **hub)
         return {"config": _read_config(cfg_path), "files": [(w, None)]}
-    files = []
-    for f in v.files:
-        part = "encoder" if "_encoder" in f else "decoder"
-        files.append((hub_download(v.repo_id, f, sha256=v.sha256.get(f), **hub), part))
+    files: list[tuple[str, str]] = []
+    try:
+        for f in v.files:
+            part = "encoder" if "_encoder" in f else "decoder"
+            files.append((hub_download(v.repo_id, f, sha256=v.sha256.get(f), **hub), part))
+    except (_NotOnHub, _NotCached) as e:
+        if files:  # one half is there, the other is not: never a half model
+            raise
+        # The registry names the GitHub release's files (pinned); the hub repository may hold the weights under
+        # other names (e.g. one combined file): read it like any repo id, checked against the hub's sha256.
+        if isinstance(e, _NotOnHub):
+            return _repo_files(v.repo_id, **hub)
+        subfolder = hub.pop("subfolder", None)
+        return _cached_repo_files(v.repo_id, subfolder, **hub)
     return {"config": None, "files": files}
 
 
@@ -447,9 +457,13 @@ def _repo_files(repo_id: str, *, subfolder: str | None = None, **hub: Any) -> di
         prefix = subfolder.strip("/") + "/"
         names = [n[len(prefix):] for n in names if n.startswith(prefix)]
     pair = _find_pair(names, repo_id)
-    if not pair:
-        raise WeightsError(f"{repo_id}: no diffusers layout (config.json + {DIFFUSERS_WEIGHTS[0]}) and no "
-                           f"<name>_encoder/<name>_decoder weights found (files: {sorted(names)[:8]})")
+    if not pair:  # else one weights file (combined, or diffusers-keyed without config.json), as in a local folder
+        singles = [n for n in names if "/" not in n and n.endswith(WEIGHT_SUFFIXES)]
+        if len(singles) != 1:
+            raise WeightsError(f"{repo_id}: no diffusers layout (config.json + {DIFFUSERS_WEIGHTS[0]}), no "
+                               f"<name>_encoder/<name>_decoder weights and not exactly one weights file "
+                               f"(files: {sorted(names)[:8]})")
+        pair = [(singles[0], None)]
     return {"config": None, "files": [(hub_download(repo_id, f, subfolder=subfolder, **hub), part)
                                       for f, part in pair]}
 
@@ -468,6 +482,8 @@ def _cached_repo_files(repo_id: str, subfolder: str | None, *, revision: str | N
         raise _not_cached(repo_id, settings["local_files_only"]) from None
     folder = Path(folder) / subfolder if subfolder else Path(folder)
     names = sorted(os.listdir(folder)) if folder.is_dir() else []
+    if not names:
+        raise _not_cached(repo_id, settings["local_files_only"])
     incomplete = (f"{repo_id}: the cached copy is incomplete (a download may have failed; files: {names[:8]}). "
                   "Download it again with network access, or pass local weights instead")
     if "config.json" in names:
@@ -479,9 +495,15 @@ def _cached_repo_files(repo_id: str, subfolder: str | None, *, revision: str | N
         # Both halves: offline, a missing half cannot be told from one whose download failed (a repo with only an
         # encoder can still be loaded offline by passing the cached file's path).
         pair = _find_pair(names, repo_id)
-        if len(pair) != 2:
+        if len(pair) == 1:
             raise WeightsError(incomplete)
-        found = {"config": None, "files": [(str(folder / f), part) for f, part in pair]}
+        if pair:
+            found = {"config": None, "files": [(str(folder / f), part) for f, part in pair]}
+        else:  # one weights file, as online
+            try:
+                found = _local_files(folder, None)
+            except WeightsError:
+                raise WeightsError(incomplete) from None
     for path, _ in found["files"]:
         _verify(path, None, f"{repo_id}/{os.path.basename(path)}")
     return found
