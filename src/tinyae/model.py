@@ -172,7 +172,8 @@ class AutoencoderTiny(nn.Module):
         part = getattr(self, name)
         if part is None:
             raise MissingPartError(
-                f"this model was loaded without a {name} (its weights had no {name} tensors); "
+                f"this model was loaded without {'an' if name == 'encoder' else 'a'} {name} (its weights had no {name} "
+                "tensors); "
                 f"load a source that includes the {name} to {'encode' if name == 'encoder' else 'decode'}")
         return part
 
