@@ -8,7 +8,8 @@ Accepted sources (`load`):
 - a pair of files `(encoder_path, decoder_path)` (either may be None);
 - a single file: one half in the original layout, diffusers-keyed (`encoder.layers.N...`), or combined with
   ComfyUI's `taesd_encoder.` / `taesd_decoder.` prefixes;
-- a hub repo id ("owner/name") in either layout.
+- a hub repo id ("owner/name"): diffusers layout, an original pair, or one weights file; offline (HF_HUB_OFFLINE,
+  local_files_only) or with the hub unreachable, from the cached snapshot. See docs/weights.md.
 
 The architecture is inferred from the tensors (never from file names). Loading is strict: any missing, unexpected
 or mis-shaped tensor, an unreadable file or a sha256 mismatch raises `WeightsError`, never a half-loaded model.
@@ -340,7 +341,12 @@ def hub_download(repo_id: str, filename: str, *, sha256: str | None = None, revi
     """
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (GatedRepoError, LocalEntryNotFoundError, OfflineModeIsEnabled,
-                                        RemoteEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError)
+                                        RepositoryNotFoundError, RevisionNotFoundError)
+
+    try:
+        from huggingface_hub.errors import RemoteEntryNotFoundError
+    except ImportError:  # huggingface_hub < 1.0: one EntryNotFoundError (LocalEntryNotFoundError is caught first)
+        from huggingface_hub.errors import EntryNotFoundError as RemoteEntryNotFoundError
 
     from . import __version__
 
@@ -349,11 +355,11 @@ def hub_download(repo_id: str, filename: str, *, sha256: str | None = None, revi
     try:
         path = hf_hub_download(repo_id, filename, subfolder=subfolder, revision=revision, token=token,
                                library_name="tinyae", library_version=__version__, **settings)
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled):
+        raise _not_cached(where, settings["local_files_only"]) from None
     except RemoteEntryNotFoundError:
         raise _NotOnHub(f"{where}: no such file in the repository"
                         f"{f' at revision {revision!r}' if revision else ''}") from None
-    except (LocalEntryNotFoundError, OfflineModeIsEnabled):
-        raise _not_cached(where, settings["local_files_only"]) from None
     except GatedRepoError:
         raise WeightsError(f"{where}: the repository is gated; accept its terms on the hub and pass token=...") \
             from None
