@@ -96,7 +96,7 @@ def install_exact_denoiser(pipe: Any, family: str, target: torch.Tensor) -> None
     """Replace the denoiser's forward with one that predicts exactly what leads to `target` (pipeline space).
 
     Flow matching (SD3, FLUX, FLUX.2): velocity v = (x_t - x0) / sigma. Euler (SD/SDXL): noise eps = (x - x0) / sigma
-    on the unscaled latents. DDIM, DPM-Solver: eps = (x_t - sqrt(abar) x0) / sqrt(1 - abar). Sigmas are read from the scheduler.
+    on the unscaled latents. DDIM, DPM-Solver, UniPC: eps = (x_t - sqrt(abar) x0) / sqrt(1 - abar). Sigmas are read from the scheduler.
     """
     sched = pipe.scheduler
     name = type(sched).__name__
@@ -110,7 +110,7 @@ def install_exact_denoiser(pipe: Any, family: str, target: torch.Tensor) -> None
         if name == "EulerDiscreteScheduler":
             s = float(sched.sigmas[i])
             return (x * math.sqrt(s * s + 1) - x0) / s  # the UNet sees x / sqrt(sigma^2 + 1)
-        if name in ("DDIMScheduler", "DPMSolverMultistepScheduler"):
+        if name in ("DDIMScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler"):
             t = int(timestep.flatten()[0]) if isinstance(timestep, torch.Tensor) else int(timestep)
             abar = float(sched.alphas_cumprod[t])
             return (x - math.sqrt(abar) * x0) / math.sqrt(1 - abar)

@@ -370,19 +370,20 @@ class LivePreview:
         if self.family is None:
             self.family = check_vae(self.model, pipe)
         latents = latents.detach()
+        total = getattr(pipe, "_num_timesteps", None)
+        last = isinstance(total, int) and step == total - 1
         level = noise_level(pipe.scheduler, timestep) if self.mode == "x0" else None
         x, kind = latents, "xt"
         if self.mode == "x0":
             est = None
             if level is not None and self._prev is not None and self._prev[0] == step - 1 and self._prev[2]:
                 est = x0_from_two(self._prev[1], self._prev[2], latents, level)
-            if est is None:
-                est = _scheduler_x0(pipe.scheduler)
+            if est is None and _scheduler_x0(pipe.scheduler) is not None:
+                # a multistep scheduler's own estimate; after its last step the sample itself is the final x0
+                est = latents if last else _scheduler_x0(pipe.scheduler)
             if est is not None and est.shape == latents.shape:
                 x, kind = est, "x0"
             self._prev = (step, latents.clone(), level)
-        total = getattr(pipe, "_num_timesteps", None)
-        last = isinstance(total, int) and step == total - 1
         if step % self.every and not last:
             return
         frame = self.decode(x, step, timestep, kind)
