@@ -177,3 +177,20 @@ def test_bad_arguments_fail_at_construction(kwargs, match):
         LivePreview(random_tae("sd"), **kwargs)
     with pytest.raises(ValueError, match="AutoencoderTiny"):
         LivePreview(object())
+
+
+def test_example_runs(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root / "src"), os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, str(root / "examples" / "live_preview.py"), "--size", "64", "--steps", "3",
+                          "--tile", "32", "--out", str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "['xt', 'x0', 'x0']" in out.stdout
+    with Image.open(tmp_path / "strip.jpg") as strip:
+        assert strip.size == (3 * 32, 2 * 32)
