@@ -77,9 +77,9 @@ def main() -> None:
     x0 = LivePreview(pipe.vae, pipe=pipe, save_dir=out / "frames_x0", animation=out / "steps_x0.gif", frame_ms=250)
     xt = LivePreview(pipe.vae, pipe=pipe, mode="xt", save_dir=out / "frames_xt")
     g = torch.Generator().manual_seed(0)
+    both = lambda p, i, t, kwargs: xt(p, i, t, x0(p, i, t, kwargs))  # noqa: E731 (two callbacks in one)
     image = pipe(prompt_embeds=torch.randn(1, 4, 16, generator=g), height=args.size, width=args.size,
-                 num_inference_steps=args.steps, guidance_scale=1.0, generator=g, callback_on_step_end=lambda p, i, t, k: xt(p, i, t, x0(
-                     p, i, t, k))).images[0]
+                 num_inference_steps=args.steps, guidance_scale=1.0, generator=g, callback_on_step_end=both).images[0]
 
     rows = [make_contact_sheet(lp.images, [f"{f.step} {f.kind}" for f in lp.frames], args.tile, args.steps)
             for lp in (xt, x0)]

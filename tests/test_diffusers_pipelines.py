@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -110,6 +111,7 @@ def test_flux2_batch_norm_is_the_identity_both_ways(taef2_vae):
     latents = pipe(**kw, output_type="latent", callback_on_step_end=keep).images
     assert torch.equal(latents, unpack_flux2(final["latents"], SIZE // 8, SIZE // 8))
     assert "batch_norm_eps" not in pipe.vae.config.to_dict()  # not saved: diffusers' AutoencoderTiny would reject it
+    assert copy.deepcopy(pipe.vae).config.batch_norm_eps == 0.0
 
 
 def test_plain_tinyae_model_works_for_inference_and_set_vae_converts_it():
@@ -120,6 +122,20 @@ def test_plain_tinyae_model_works_for_inference_and_set_vae_converts_it():
     vae = set_vae(pipe, plain)
     assert pipe.vae is vae and isinstance(vae, AutoencoderTiny) and isinstance(vae, tinyae.AutoencoderTiny)
     assert all(a.data_ptr() == b.data_ptr() for a, b in zip(vae.parameters(), plain.parameters()))
+
+
+def test_set_vae_accepts_diffusers_own_autoencoder_tiny():
+    import diffusers
+
+    theirs = diffusers.AutoencoderTiny(latent_channels=16, encoder_block_out_channels=(8,) * 4,
+                                       decoder_block_out_channels=(8,) * 4)
+    pipe, kw = build("sd3", random_tae("sd3"))
+    assert set_vae(pipe, theirs) is theirs and pipe.vae is theirs
+    assert pipe(**kw, output_type="pt").images.shape == (1, 3, SIZE, SIZE)
+    flux2, _ = build("flux2", random_tae("flux2"))
+    with pytest.raises(ValueError, match="FLUX.2 pipelines need tinyae"):
+        set_vae(flux2, diffusers.AutoencoderTiny(latent_channels=32, encoder_block_out_channels=(8,) * 4,
+                                                 decoder_block_out_channels=(8,) * 4))
 
 
 def test_pipeline_reads_dtype_device_and_toggles():

@@ -170,7 +170,8 @@ def test_wrong_model_is_caught_at_the_first_step_without_a_pipe():
 @pytest.mark.parametrize("kwargs,match", [
     (dict(every=0), "every"), (dict(mode="x1"), "mode"), (dict(animation="a.mp4"), "gif or .webp"),
     (dict(contact_sheet="s.txt"), "contact_sheet"), (dict(height=64), "both"), (dict(tile=0), "tile"),
-    (dict(on_frame=3), "callable"), (dict(family="flux"), "4 latent channels but family 'flux' needs 16"),
+    (dict(on_frame=3), "callable"), (dict(keep_frames=False, animation="a.gif"), "keep_frames"),
+    (dict(family="flux"), "4 latent channels but family 'flux' needs 16"),
 ])
 def test_bad_arguments_fail_at_construction(kwargs, match):
     with pytest.raises(ValueError, match=match):

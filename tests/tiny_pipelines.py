@@ -58,7 +58,8 @@ def build(family: str, vae: Any, img2img: bool = False, scheduler: Any = None):
         pipe = cls(transformer=tr, scheduler=scheduler or diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0),
                    vae=vae, text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None,
                    text_encoder_3=None, tokenizer_3=None)
-        kw.update(prompt_embeds=torch.randn(1, 7, 16, generator=g), pooled_prompt_embeds=torch.randn(1, 16, generator=g))
+        kw.update(prompt_embeds=torch.randn(1, 7, 16, generator=g),
+                  pooled_prompt_embeds=torch.randn(1, 16, generator=g))
     elif family == "flux":
         tr = diffusers.FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1,
                                               attention_head_dim=8, num_attention_heads=2, joint_attention_dim=16,
@@ -66,7 +67,8 @@ def build(family: str, vae: Any, img2img: bool = False, scheduler: Any = None):
         cls = diffusers.FluxImg2ImgPipeline if img2img else diffusers.FluxPipeline
         pipe = cls(scheduler=scheduler or diffusers.FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=None,
                    tokenizer=None, text_encoder_2=None, tokenizer_2=None, transformer=tr)
-        kw.update(prompt_embeds=torch.randn(1, 7, 16, generator=g), pooled_prompt_embeds=torch.randn(1, 16, generator=g))
+        kw.update(prompt_embeds=torch.randn(1, 7, 16, generator=g),
+                  pooled_prompt_embeds=torch.randn(1, 16, generator=g))
     elif family in ("flux2", "flux2-dev"):
         klein = family == "flux2"
         tr = diffusers.Flux2Transformer2DModel(patch_size=1, in_channels=128, num_layers=1, num_single_layers=1,
@@ -96,7 +98,8 @@ def install_exact_denoiser(pipe: Any, family: str, target: torch.Tensor) -> None
     """Replace the denoiser's forward with one that predicts exactly what leads to `target` (pipeline space).
 
     Flow matching (SD3, FLUX, FLUX.2): velocity v = (x_t - x0) / sigma. Euler (SD/SDXL): noise eps = (x - x0) / sigma
-    on the unscaled latents. DDIM, DPM-Solver, UniPC: eps = (x_t - sqrt(abar) x0) / sqrt(1 - abar). Sigmas are read from the scheduler.
+    on the unscaled latents. DDIM, DPM-Solver, UniPC: eps = (x_t - sqrt(abar) x0) / sqrt(1 - abar). Sigmas are read
+    from the scheduler.
     """
     sched = pipe.scheduler
     name = type(sched).__name__

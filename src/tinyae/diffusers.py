@@ -56,6 +56,13 @@ class PipelineConfig(TinyConfig):
             return PipelineConfig.PIPELINE_FIELDS[name]
         return super().__getattr__(name)
 
+    def __reduce__(self):  # copies and pickles stay PipelineConfig
+        return (_rebuild_pipeline_config, (self.init_kwargs(),))
+
+
+def _rebuild_pipeline_config(kwargs: dict[str, Any]) -> PipelineConfig:
+    return PipelineConfig(**kwargs)
+
 
 class AutoencoderTiny(_model.AutoencoderTiny, ModelMixin):
     """`tinyae.AutoencoderTiny` made a full diffusers pipeline component.
@@ -187,7 +194,8 @@ def check_vae(model: Any, pipe: Any = None, family: str | Family | None = None) 
                                  f"{want} of {fam.name} latents: tinyae cannot pair a TAE with it")
         pipe_scale = getattr(pipe, "vae_scale_factor", None)
         if isinstance(pipe_scale, int) and pipe_scale != scale:
-            raise ValueError(f"{type(pipe).__name__} was built for a VAE at 1/{pipe_scale} scale, this TAE is 1/{scale}")
+            raise ValueError(f"{type(pipe).__name__} was built for a VAE at 1/{pipe_scale} scale, "
+                             f"this TAE is 1/{scale}")
     return fam
 
 
@@ -195,10 +203,16 @@ def set_vae(pipe: Any, model: _model.AutoencoderTiny) -> AutoencoderTiny:
     """Check `model` against the pipeline (`check_vae`), then make it `pipe.vae`; return the pipeline VAE.
 
     A plain `tinyae.AutoencoderTiny` becomes this module's `AutoencoderTiny` (sharing its weights), which FLUX.2
-    pipelines and `pipe.save_pretrained` need. Raises ValueError, before any generation, on a wrong model.
+    pipelines and `pipe.save_pretrained` need; diffusers' own AutoencoderTiny is set as it is (not for FLUX.2).
+    Raises ValueError, before any generation, on a wrong model.
     """
-    check_vae(model, pipe)
-    vae = AutoencoderTiny.from_model(model)
+    fam = check_vae(model, pipe)
+    if isinstance(model, _model.AutoencoderTiny):
+        vae = AutoencoderTiny.from_model(model)
+    elif fam.packing == "flux2":
+        raise ValueError(f"FLUX.2 pipelines need tinyae's AutoencoderTiny (taef2), got {type(model).__name__}")
+    else:  # e.g. diffusers' own AutoencoderTiny, already a pipeline component
+        vae = model
     pipe.vae = vae
     return vae
 
@@ -335,6 +349,8 @@ class LivePreview:
                 raise ValueError(f"animation must end in .gif or .webp, got {str(animation)!r}")
             if fmt == "WEBP" and not features.check("webp"):
                 raise ValueError("this Pillow cannot write WebP; use a .gif animation")
+        if not keep_frames and (animation is not None or contact_sheet is not None):
+            raise ValueError("an animation or contact sheet is made of the kept frames: keep_frames must be True")
         if contact_sheet is not None and Path(contact_sheet).suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
             raise ValueError(f"contact_sheet must be a .png, .jpg or .webp path, got {str(contact_sheet)!r}")
         self.model = model
