@@ -18,9 +18,9 @@ TAEF2 = (WEIGHTS / "taef2_encoder.pth", WEIGHTS / "taef2_decoder.pth")
 TAESANA_ENCODER = WEIGHTS / "taesana_encoder.pth"
 PHOTOS = sorted(IMAGES.glob("*.png"))
 
-# Two pytest-xdist workers share 2 cores: one thread each avoids oversubscription.
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    torch.set_num_threads(1)
+# `make test` runs two pytest-xdist workers on 2 cores: one torch thread each avoids oversubscription, which
+# otherwise makes the suite about 3x slower. Benchmarks, not tests, measure multi-threaded speed.
+torch.set_num_threads(1)
 
 
 def load_photo(path: Path | str, multiple: int = 8) -> torch.Tensor:

@@ -135,7 +135,7 @@ def test_pickle_never_executes_code(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     bad = tmp_path / "evil_encoder.pth"
     with open(bad, "wb") as f:
-        pickle.dump({"0.weight": _Evil()}, f)
+        pickle.dump({"0.weight": _Evil()}, f, protocol=2)
     with pytest.raises(WeightsError, match="evil_encoder.pth: cannot read weights"):
         AutoencoderTiny.from_pretrained(bad)
     assert not (tmp_path / "pwned").exists()

@@ -8,7 +8,13 @@ from .model import AutoencoderTiny, AutoencoderTinyOutput, DecoderOutput, Missin
 from .variants import VARIANTS, get_variant
 from .weights import WeightsError
 
+# Image and latent I/O (tinyae.images, tinyae.codec)
+from .codec import load_latents, save_latents
+from .images import EncodedImage, ImageError, decode_latents, encode_images
+
 __all__ = [
     "AutoencoderTiny", "AutoencoderTinyOutput", "DecoderOutput", "MissingPartError", "TinyConfig", "VARIANTS",
     "WeightsError", "get_variant", "scale_latents", "unscale_latents", "__version__",
+    # image and latent I/O
+    "EncodedImage", "ImageError", "decode_latents", "encode_images", "load_latents", "save_latents",
 ]

@@ -1,7 +1,8 @@
 """The variants, as data: architecture, where the weights live, and the diffusion family's latent conventions.
 
-Every TAE consumes the *raw* latents of its diffusion model's full VAE (before the pipeline's scaling/shift), except
-taef2, whose latents are FLUX.2's batch-normalised, un-patchified latents (see `tinyae.latents`).
+Every TAE consumes the latents its diffusion model denoises, i.e. the full VAE's latents after the family's scaling and
+shift ((z - shift_factor) * scaling_factor), and for taef2 FLUX.2's batch-normalised latents, un-patchified; see
+`tinyae.latents.from_vae_latents` and docs/diffusers.md.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ Accepted sources (`load`):
 - a pair of files `(encoder_path, decoder_path)` (either may be None);
 - a single file: one half in the original layout, diffusers-keyed (`encoder.layers.N...`), or combined with
   ComfyUI's `taesd_encoder.` / `taesd_decoder.` prefixes;
-- a hub repo id ("owner/name") in either layout.
+- a hub repo id ("owner/name"): diffusers layout, an original pair, or one weights file; offline (HF_HUB_OFFLINE,
+  local_files_only) or with the hub unreachable, from the cached snapshot. See docs/weights.md.
 
 The architecture is inferred from the tensors (never from file names). Loading is strict: any missing, unexpected
 or mis-shaped tensor, an unreadable file or a sha256 mismatch raises `WeightsError`, never a half-loaded model.
@@ -94,11 +95,22 @@ def atomic_write(path: str | os.PathLike, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, _file_mode(path))  # mkstemp makes 0600; give the usual mode (or keep the replaced file's)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _file_mode(path: Path) -> int:
+    """The mode a new file gets (0666 less the umask), or the existing file's mode."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 # ---------------------------------------------------------------------------------------------- key layouts
@@ -294,47 +306,114 @@ def build(sd: dict[str, torch.Tensor], config: dict[str, Any] | None = None, sou
 
 
 # ---------------------------------------------------------------------------------------------- hub
+_SHA256_NAME = re.compile(r"[0-9a-f]{64}")
+
+
+class _NotCached(WeightsError):
+    """A hub file that is not in the cache while the hub cannot be reached (or offline mode is on)."""
+
+
+class _NotOnHub(WeightsError):
+    """The hub says the repository has no such file."""
+
+
+def _hub_settings(cache_dir: str | os.PathLike | None, local_files_only: bool | None) -> dict[str, Any]:
+    """endpoint, cache_dir and offline mode from HF_ENDPOINT, HF_HUB_CACHE / HF_HOME and HF_HUB_OFFLINE as they are
+    now: huggingface_hub reads them once, when it is imported, so a later `os.environ[...] = ...` would be ignored."""
+    from huggingface_hub import constants
+
+    env = os.environ
+    endpoint = env.get("HF_ENDPOINT", "").strip().rstrip("/") or None
+    if cache_dir is None:
+        home = env.get("HF_HOME")
+        cache_dir = (env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE")
+                     or (os.path.join(os.path.expanduser(home), "hub") if home else None))
+    offline = (bool(local_files_only) or constants.HF_HUB_OFFLINE
+               or env.get("HF_HUB_OFFLINE", "").strip().upper() in constants.ENV_VARS_TRUE_VALUES)
+    return {"endpoint": endpoint, "cache_dir": cache_dir, "local_files_only": offline}
+
+
+def _not_cached(where: str, offline: bool) -> _NotCached:
+    why = ("offline mode is on (HF_HUB_OFFLINE=1 or local_files_only=True)" if offline
+           else "the hub cannot be reached")
+    return _NotCached(f"{where}: not in the local huggingface_hub cache and {why}. Download it once with network "
+                      "access (HF_ENDPOINT may point to a mirror), or pass local weights instead: a folder, a "
+                      "weights file, or a pair (encoder_path, decoder_path)")
+
+
 def hub_download(repo_id: str, filename: str, *, sha256: str | None = None, revision: str | None = None,
                  cache_dir: str | os.PathLike | None = None, local_files_only: bool | None = None,
                  subfolder: str | None = None, token: str | bool | None = None) -> str:
     """Download one file through huggingface_hub (its cache, HF_HUB_OFFLINE, HF_ENDPOINT) and check its sha256.
 
-    A file whose sha256 does not match is removed from the cache (so no later run trusts it) and raises WeightsError.
+    Returns the path of the file in the cache. Raises WeightsError: the file is not in the repository, not cached
+    while offline or unreachable, unknown repository or revision, an interrupted or short transfer, a sha256
+    mismatch (see `_verify`).
     """
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (EntryNotFoundError, LocalEntryNotFoundError, OfflineModeIsEnabled,
+    from huggingface_hub.errors import (GatedRepoError, LocalEntryNotFoundError, OfflineModeIsEnabled,
                                         RepositoryNotFoundError, RevisionNotFoundError)
 
+    try:
+        from huggingface_hub.errors import RemoteEntryNotFoundError
+    except ImportError:  # huggingface_hub < 1.0: one EntryNotFoundError (LocalEntryNotFoundError is caught first)
+        from huggingface_hub.errors import EntryNotFoundError as RemoteEntryNotFoundError
+
+    from . import __version__
+
+    settings = _hub_settings(cache_dir, local_files_only)
     where = f"{repo_id}/{subfolder + '/' if subfolder else ''}{filename}"
     try:
-        path = hf_hub_download(repo_id, filename, subfolder=subfolder, revision=revision, cache_dir=cache_dir,
-                               local_files_only=bool(local_files_only), token=token, library_name="tinyae")
-    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as e:
-        raise WeightsError(
-            f"{where}: not in the local cache and the hub cannot be reached ({type(e).__name__}). Download it "
-            f"once with network access, or pass a local path (a folder or files) instead") from None
-    except (RepositoryNotFoundError, RevisionNotFoundError) as e:
-        raise WeightsError(f"{where}: repository or revision not found on the hub ({type(e).__name__})") from None
-    except EntryNotFoundError:
-        raise
-    except Exception as e:
-        raise WeightsError(f"{where}: download failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})") \
+        path = hf_hub_download(repo_id, filename, subfolder=subfolder, revision=revision, token=token,
+                               library_name="tinyae", library_version=__version__, **settings)
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled):
+        raise _not_cached(where, settings["local_files_only"]) from None
+    except RemoteEntryNotFoundError:
+        raise _NotOnHub(f"{where}: no such file in the repository"
+                        f"{f' at revision {revision!r}' if revision else ''}") from None
+    except GatedRepoError:
+        raise WeightsError(f"{where}: the repository is gated; accept its terms on the hub and pass token=...") \
             from None
-    if sha256:
-        actual = sha256_file(path)
-        if actual != sha256.lower():
-            _evict(path)
-            raise WeightsError(f"{where}: sha256 mismatch after download (expected {sha256}, got {actual}); "
-                               "the corrupted file was removed from the cache")
+    except RepositoryNotFoundError:
+        raise WeightsError(f"{repo_id}: no such repository on the hub (or it is private: pass token=...)") from None
+    except RevisionNotFoundError:
+        raise WeightsError(f"{repo_id}: revision {revision!r} not found on the hub") from None
+    except Exception as e:  # interrupted or short transfer, server error, ...: huggingface_hub keeps no partial file
+        raise WeightsError(f"{where}: download failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                           "nothing was cached, try again") from None
+    _verify(path, sha256, where)
     return path
 
 
-def _evict(path: str) -> None:
-    """Remove a cached file: the snapshot link and the blob it points to."""
-    real = os.path.realpath(path)
-    for p in {path, real}:
+def _verify(path: str, sha256: str | None, where: str) -> None:
+    """Check a cached hub file against the pinned sha256 and against the hub's own: an LFS file's cache blob is
+    named by the sha256 the hub announced (its ETag). A file that fails is evicted, so no later run trusts it."""
+    blob = os.path.basename(os.path.realpath(path))
+    checks = [("pinned", sha256.lower())] if sha256 else []
+    if _SHA256_NAME.fullmatch(blob):
+        checks.append(("announced by the hub", blob))
+    if not checks:
+        return
+    actual = sha256_file(path)
+    for what, expected in checks:
+        if actual != expected:
+            _evict(path, expected)
+            raise WeightsError(f"{where}: sha256 mismatch (expected {expected}, {what}; got {actual}): the file is "
+                               "corrupt or not the one asked for. It was removed from the cache, so the next run "
+                               "downloads it again")
+
+
+def _evict(path: str, expected: str) -> None:
+    """Remove a cached file: its snapshot entry, the blob it links to, and a blob named by the expected sha256
+    (where the cache copies files instead of linking them)."""
+    entry = Path(path)
+    targets = {entry, Path(os.path.realpath(entry))}
+    storage = next((p.parent for p in entry.parents if p.name == "snapshots"), None)
+    if storage is not None:
+        targets.add(storage / "blobs" / expected)
+    for p in targets:
         try:
-            os.unlink(p)
+            p.unlink(missing_ok=True)
         except OSError:
             pass
 
@@ -344,37 +423,107 @@ def _variant_files(v: Variant, **hub: Any) -> dict[str, Any]:
         cfg_path = hub_download(v.repo_id, "config.json", **hub)
         w = hub_download(v.repo_id, v.files[1], sha256=v.sha256.get(v.files[1]), **hub)
         return {"config": _read_config(cfg_path), "files": [(w, None)]}
-    files = []
-    for f in v.files:
-        part = "encoder" if "_encoder" in f else "decoder"
-        files.append((hub_download(v.repo_id, f, sha256=v.sha256.get(f), **hub), part))
+    files: list[tuple[str, str]] = []
+    try:
+        for f in v.files:
+            part = "encoder" if "_encoder" in f else "decoder"
+            files.append((hub_download(v.repo_id, f, sha256=v.sha256.get(f), **hub), part))
+    except (_NotOnHub, _NotCached) as e:
+        if files:  # one half is there, the other is not: never a half model
+            raise
+        # The registry names the GitHub release's files (pinned); the hub repository may hold the weights under
+        # other names (e.g. one combined file): read it like any repo id, checked against the hub's sha256.
+        if isinstance(e, _NotOnHub):
+            return _repo_files(v.repo_id, **hub)
+        subfolder = hub.pop("subfolder", None)
+        return _cached_repo_files(v.repo_id, subfolder, **hub)
     return {"config": None, "files": files}
 
 
-def _repo_files(repo_id: str, **hub: Any) -> dict[str, Any]:
-    """A hub repo in diffusers layout, or with an original encoder/decoder pair."""
-    from huggingface_hub.errors import EntryNotFoundError
+def _repo_files(repo_id: str, *, subfolder: str | None = None, **hub: Any) -> dict[str, Any]:
+    """A hub repo in diffusers layout, or with an original encoder/decoder pair (found by listing the repo).
 
+    Offline, or when the hub cannot be reached, the repo's cached snapshot is used as a local folder.
+    """
+    from huggingface_hub import HfApi
+
+    settings = _hub_settings(hub.get("cache_dir"), hub.get("local_files_only"))
+    if settings["local_files_only"]:
+        return _cached_repo_files(repo_id, subfolder, **hub)
     try:
-        cfg_path = hub_download(repo_id, "config.json", **hub)
+        cfg_path = hub_download(repo_id, "config.json", subfolder=subfolder, **hub)
+    except _NotOnHub:
+        cfg_path = None
+    except _NotCached:
+        return _cached_repo_files(repo_id, subfolder, **hub)
+    if cfg_path is not None:
         for name in DIFFUSERS_WEIGHTS:
             try:
-                return {"config": _read_config(cfg_path), "files": [(hub_download(repo_id, name, **hub), None)]}
-            except EntryNotFoundError:
+                w = hub_download(repo_id, name, subfolder=subfolder, **hub)
+            except _NotOnHub:
                 continue
-        raise WeightsError(f"{repo_id}: has config.json but no diffusion_pytorch_model weights")
-    except EntryNotFoundError:
-        pass
-    from huggingface_hub import list_repo_files
-
+            return {"config": _read_config(cfg_path), "files": [(w, None)]}
+        raise WeightsError(f"{repo_id}: has config.json but no {' or '.join(DIFFUSERS_WEIGHTS)}")
     try:
-        names = list_repo_files(repo_id, revision=hub.get("revision"), token=hub.get("token"))
+        names = HfApi(endpoint=settings["endpoint"]).list_repo_files(repo_id, revision=hub.get("revision"),
+                                                                     token=hub.get("token"))
     except Exception as e:
-        raise WeightsError(f"{repo_id}: cannot list the repository ({type(e).__name__})") from None
+        raise WeightsError(f"{repo_id}: cannot list the repository ({type(e).__name__}: "
+                           f"{str(e).splitlines()[0][:200]})") from None
+    if subfolder:
+        prefix = subfolder.strip("/") + "/"
+        names = [n[len(prefix):] for n in names if n.startswith(prefix)]
     pair = _find_pair(names, repo_id)
-    if not pair:
-        raise WeightsError(f"{repo_id}: no diffusers layout and no <name>_encoder/<name>_decoder weights found")
-    return {"config": None, "files": [(hub_download(repo_id, f, **hub), part) for f, part in pair]}
+    if not pair:  # else one weights file (combined, or diffusers-keyed without config.json), as in a local folder
+        singles = [n for n in names if "/" not in n and n.endswith(WEIGHT_SUFFIXES)]
+        if len(singles) != 1:
+            raise WeightsError(f"{repo_id}: no diffusers layout (config.json + {DIFFUSERS_WEIGHTS[0]}), no "
+                               f"<name>_encoder/<name>_decoder weights and not exactly one weights file "
+                               f"(files: {sorted(names)[:8]})")
+        pair = [(singles[0], None)]
+    return {"config": None, "files": [(hub_download(repo_id, f, subfolder=subfolder, **hub), part)
+                                      for f, part in pair]}
+
+
+def _cached_repo_files(repo_id: str, subfolder: str | None, *, revision: str | None = None,
+                       cache_dir: str | os.PathLike | None = None, local_files_only: bool | None = None,
+                       token: str | bool | None = None) -> dict[str, Any]:
+    """What the cache holds of a hub repo (its snapshot folder for `revision`), read like a local folder."""
+    from huggingface_hub import snapshot_download
+
+    settings = _hub_settings(cache_dir, local_files_only)
+    try:
+        folder = snapshot_download(repo_id, revision=revision, cache_dir=settings["cache_dir"],
+                                   local_files_only=True)
+    except Exception:
+        raise _not_cached(repo_id, settings["local_files_only"]) from None
+    folder = Path(folder) / subfolder if subfolder else Path(folder)
+    names = sorted(os.listdir(folder)) if folder.is_dir() else []
+    if not names:
+        raise _not_cached(repo_id, settings["local_files_only"])
+    incomplete = (f"{repo_id}: the cached copy is incomplete (a download may have failed; files: {names[:8]}). "
+                  "Download it again with network access, or pass local weights instead")
+    if "config.json" in names:
+        try:
+            found = _local_files(folder, None)
+        except WeightsError:
+            raise WeightsError(incomplete) from None
+    else:
+        # Both halves: offline, a missing half cannot be told from one whose download failed (a repo with only an
+        # encoder can still be loaded offline by passing the cached file's path).
+        pair = _find_pair(names, repo_id)
+        if len(pair) == 1:
+            raise WeightsError(incomplete)
+        if pair:
+            found = {"config": None, "files": [(str(folder / f), part) for f, part in pair]}
+        else:  # one weights file, as online
+            try:
+                found = _local_files(folder, None)
+            except WeightsError:
+                raise WeightsError(incomplete) from None
+    for path, _ in found["files"]:
+        _verify(path, None, f"{repo_id}/{os.path.basename(path)}")
+    return found
 
 
 # ---------------------------------------------------------------------------------------------- local

@@ -1,0 +1,7 @@
+"""`python -m tinyae ...`: the same as the `tinyae` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
