@@ -139,13 +139,15 @@ def identify_variant(source: Any, model: Any) -> str | None:
     return same[0] if len(same) == 1 else None
 
 
-def _model_hint(spec: str, message: str) -> str:
+def _model_hint(spec: str, error: Exception) -> str:
     """A WeightsError message with the command-line way out (local weights, or a pair of files)."""
     from .variants import get_variant, is_variant
+    from .weights import WeightsNotCachedError
 
+    message = str(error)
     if "pass the files as a pair" in message:
         return message.split("; pass the files")[0] + "; name the two files: --model ENCODER_FILE,DECODER_FILE"
-    if "not in the local cache" not in message:
+    if not isinstance(error, WeightsNotCachedError):
         return message
     if is_variant(spec):
         v = get_variant(spec)
@@ -167,7 +169,7 @@ def load_model(spec: str, device: str = "cpu", dtype: str = "float32") -> tuple[
     try:
         model = AutoencoderTiny.from_pretrained(source)
     except WeightsError as e:
-        raise WeightsError(_model_hint(spec, str(e))) from None
+        raise WeightsError(_model_hint(spec, e)) from None
     try:
         model = model.to(device=torch.device(device), dtype=getattr(torch, dtype))
     except (RuntimeError, AssertionError) as e:
@@ -578,7 +580,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     try:
         model = AutoencoderTiny.from_pretrained(source)
     except WeightsError as e:
-        raise WeightsError(_model_hint(args.src, str(e))) from None
+        raise WeightsError(_model_hint(args.src, e)) from None
     dtype = _source_dtype(source) if args.dtype == "keep" else args.dtype
     model = model.to(getattr(torch, dtype))
     variant = identify_variant(source, model)
@@ -644,7 +646,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         model = AutoencoderTiny.from_pretrained(source)
         files = resolve_files(source)
     except WeightsError as e:
-        raise WeightsError(_model_hint(args.src, str(e))) from None
+        raise WeightsError(_model_hint(args.src, e)) from None
     variant = identify_variant(source, model)
     same_arch = [n for n in VARIANTS if variant_config(n) == model.config.init_kwargs()]
     params = {part: sum(p.numel() for p in getattr(model, part).parameters())

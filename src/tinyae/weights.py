@@ -309,7 +309,7 @@ def build(sd: dict[str, torch.Tensor], config: dict[str, Any] | None = None, sou
 _SHA256_NAME = re.compile(r"[0-9a-f]{64}")
 
 
-class _NotCached(WeightsError):
+class WeightsNotCachedError(WeightsError):
     """A hub file that is not in the cache while the hub cannot be reached (or offline mode is on)."""
 
 
@@ -333,10 +333,10 @@ def _hub_settings(cache_dir: str | os.PathLike | None, local_files_only: bool | 
     return {"endpoint": endpoint, "cache_dir": cache_dir, "local_files_only": offline}
 
 
-def _not_cached(where: str, offline: bool) -> _NotCached:
+def _not_cached(where: str, offline: bool) -> WeightsNotCachedError:
     why = ("offline mode is on (HF_HUB_OFFLINE=1 or local_files_only=True)" if offline
            else "the hub cannot be reached")
-    return _NotCached(f"{where}: not in the local huggingface_hub cache and {why}. Download it once with network "
+    return WeightsNotCachedError(f"{where}: not in the local huggingface_hub cache and {why}. Download it once with network "
                       "access (HF_ENDPOINT may point to a mirror), or pass local weights instead: a folder, a "
                       "weights file, or a pair (encoder_path, decoder_path)")
 
@@ -428,7 +428,7 @@ def _variant_files(v: Variant, **hub: Any) -> dict[str, Any]:
         for f in v.files:
             part = "encoder" if "_encoder" in f else "decoder"
             files.append((hub_download(v.repo_id, f, sha256=v.sha256.get(f), **hub), part))
-    except (_NotOnHub, _NotCached) as e:
+    except (_NotOnHub, WeightsNotCachedError) as e:
         if files:  # one half is there, the other is not: never a half model
             raise
         # The registry names the GitHub release's files (pinned); the hub repository may hold the weights under
@@ -454,7 +454,7 @@ def _repo_files(repo_id: str, *, subfolder: str | None = None, **hub: Any) -> di
         cfg_path = hub_download(repo_id, "config.json", subfolder=subfolder, **hub)
     except _NotOnHub:
         cfg_path = None
-    except _NotCached:
+    except WeightsNotCachedError:
         return _cached_repo_files(repo_id, subfolder, **hub)
     if cfg_path is not None:
         for name in DIFFUSERS_WEIGHTS:
