@@ -35,7 +35,7 @@ class _TupleLike:
 
 @dataclass
 class AutoencoderTinyOutput(_TupleLike):
-    """Output of `encode`: `latents`, the diffusion model's raw latents (B, C, H/f, W/f)."""
+    """Output of `encode`: `latents`, the diffusion model's latents as its denoiser sees them (B, C, H/f, W/f)."""
 
     latents: torch.Tensor
 
@@ -58,8 +58,8 @@ class MissingPartError(RuntimeError):
 class AutoencoderTiny(nn.Module):
     """Tiny AutoEncoder (TAESD family), a drop-in for `diffusers.AutoencoderTiny`.
 
-    Images are float tensors (B, 3, H, W) in [-1, 1]; latents are the diffusion model's raw latents
-    (scaling_factor 1.0). H and W must be multiples of `spatial_scale_factor` (8, or 32 for taesd ana): use
+    Images are float tensors (B, 3, H, W) in [-1, 1]; latents are the diffusion model's latents as its denoiser
+    sees them (scaling_factor 1.0). H and W must be multiples of `spatial_scale_factor` (8, or 32 for taesana): use
     `tinyae.encode_images` to pad other sizes. Inputs of another floating dtype than the model are cast to the
     model's dtype, and outputs are returned in the input's dtype.
 
