@@ -185,8 +185,6 @@ def receptive_field(net: nn.Module) -> ReceptiveField:
 # A stream turns consecutive row bands of its input (B, C, rows, W) into consecutive row bands of its output.
 # push(x, final) takes the next input rows (or None) and returns every output row it can now compute (or None);
 # with final=True the input is complete and it returns all its remaining rows.
-Rows = "torch.Tensor | None"
-
 
 def _cat(buf: torch.Tensor | None, x: torch.Tensor | None) -> torch.Tensor | None:
     if x is None:
@@ -450,3 +448,168 @@ def tiled_apply(net: nn.Module, x: torch.Tensor, **options: Any) -> torch.Tensor
     rows, _ = _band_rows(net, x.shape[2], x.shape[3], options)
     n_out = _chain(_flat_layers(net), x.shape[2], {}).n_out
     return _collect(stream_apply(net, x.split(rows, dim=2), x.shape[2], x.shape[3], options), n_out)
+
+
+# ---------------------------------------------------------------------------------------------- streaming API
+def _no_grad(it: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
+    """Advance `it` under torch.no_grad without leaking the grad mode into the caller between items."""
+    while True:
+        with torch.no_grad():
+            item = next(it, None)
+        if item is None:
+            return
+        yield item
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Images (B, C, H, W) in [-1, 1] -> uint8 (B, H, W, C): clamp, scale by 255, round to nearest."""
+    return images.add(1).div(2).clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def decode_bands(model: "AutoencoderTiny", latents: torch.Tensor, **options: Any) -> Iterator[torch.Tensor]:
+    """Decode raw latents (B, C, h, w) band by band; yield image bands (B, out_channels, rows, w*f) in [-1, 1].
+
+    The bands, concatenated along rows, equal `model.decode(latents)` with `model.enable_tiling(**options)`
+    bit for bit (and the untiled decode to ~1e-6). Runs without autograd. Options: see the module docstring.
+    """
+    opts = check_options(model, options)  # checked now, not at the first next()
+    decoder = model._part("decoder")
+    z = model._check(latents, "latents", model.config.latent_channels, 1).to(model.dtype)
+    rows, _ = _band_rows(decoder, z.shape[2], z.shape[3], opts)
+    bands = stream_apply(decoder, z.split(rows, dim=2), z.shape[2], z.shape[3], opts)
+    return (band.mul(2).sub(1).to(latents.dtype) for band in _no_grad(bands))
+
+
+def encode_bands(model: "AutoencoderTiny", bands: Iterable[torch.Tensor], height: int, width: int,
+                 **options: Any) -> torch.Tensor:
+    """Encode an image given as consecutive row bands (B, in_channels, rows, width) in [-1, 1].
+
+    `height`, `width`: the image size, multiples of `model.spatial_scale_factor`. Returns the raw latents
+    (B, latent_channels, height/f, width/f), equal to `model.encode` of the whole image with tiling enabled.
+    Only the bands being processed are held in memory (plus, for taef2, the 1/8-size lowest-resolution stage).
+    """
+    opts = check_options(model, options)
+    encoder = model._part("encoder")
+    f = model.spatial_scale_factor
+    for name, v in (("height", height), ("width", width)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1 or v % f:
+            raise ValueError(f"image {name} must be a positive multiple of {f}, got {v!r}")
+    seen = [0]
+
+    def prepared() -> Iterator[torch.Tensor]:
+        for band in bands:
+            if not isinstance(band, torch.Tensor) or band.dim() != 4 or band.shape[3] != width:
+                raise ValueError(f"image bands must be tensors (B, C, rows, {width}), got "
+                                 f"{tuple(band.shape) if isinstance(band, torch.Tensor) else type(band).__name__}")
+            band = model._check(band, "images", model.config.in_channels, 1)
+            seen[0] += band.shape[2]
+            if seen[0] > height:
+                raise ValueError(f"the image bands hold more than height={height} rows")
+            yield band.to(model.dtype).add(1).div(2)
+        if seen[0] != height:
+            raise ValueError(f"the image bands hold {seen[0]} rows, expected height={height}")
+
+    n_out = _chain(_flat_layers(encoder), height, {}).n_out
+    return _collect(_no_grad(stream_apply(encoder, prepared(), height, width, opts)), n_out)
+
+
+def decode_to_png(model: "AutoencoderTiny", latents: torch.Tensor, path: str | os.PathLike,
+                  compression: int | None = None, **options: Any) -> None:
+    """Decode raw latents (1, C, h, w) straight into a PNG file, written row band by row band.
+
+    Peak memory does not grow with the image height (see the module docstring); the file is written atomically
+    (temporary file, then rename), so an existing file is only replaced by a complete one. The pixels equal
+    `to_uint8(model.decode(latents).sample)` with the same tiling options, exactly. `compression`: zlib level
+    0-9 (None: zlib's default). 1- or 3-channel outputs only (greyscale or RGB).
+    """
+    import png
+
+    from .weights import atomic_write
+
+    if isinstance(latents, torch.Tensor) and latents.dim() == 4 and latents.shape[0] != 1:
+        raise ValueError(f"a PNG holds one image: latents must have batch size 1, got shape {tuple(latents.shape)}")
+    if compression is not None and (isinstance(compression, bool) or compression not in range(10)):
+        raise ValueError(f"compression must be a zlib level 0-9 or None, got {compression!r}")
+    channels = model.config.out_channels
+    if channels not in (1, 3):
+        raise ValueError(f"PNG output needs a 1- or 3-channel decoder, this one has {channels} channels")
+    bands = decode_bands(model, latents, **options)  # validates latents and options before a file is touched
+    f = model.decoder_scale_factor
+    height, width = latents.shape[2] * f, latents.shape[3] * f
+
+    def rows() -> Iterator[bytes]:
+        for band in bands:
+            pixels = to_uint8(band)[0].cpu().numpy()
+            for row in pixels.reshape(pixels.shape[0], -1):
+                yield row.tobytes()
+
+    def write(tmp: str) -> None:
+        writer = png.Writer(width, height, greyscale=channels == 1, bitdepth=8, compression=compression)
+        with open(tmp, "wb") as fh:
+            writer.write(fh, rows())
+
+    atomic_write(path, write)
+
+
+def read_png_bands(path: str | os.PathLike, rows: int) -> tuple[int, int, Iterator[np.ndarray]]:
+    """Open a PNG and read it lazily: (height, width, iterator of uint8 RGB bands (rows, width, 3)).
+
+    Greyscale is expanded to RGB, alpha is dropped, palettes are expanded, 16-bit samples keep their high byte
+    (as Pillow's convert("RGB")). Interlaced PNGs are decoded whole by pypng (no memory saving).
+    """
+    import png
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    try:
+        width, height, pixel_rows, info = png.Reader(filename=str(path)).asDirect()
+    except (png.Error, OSError) as e:
+        raise ValueError(f"{path}: not a readable PNG ({e})") from None
+    planes, depth = info["planes"], info["bitdepth"]
+
+    def to_rgb(block: list) -> np.ndarray:
+        a = np.asarray(block, dtype=np.uint16 if depth > 8 else np.uint8).reshape(len(block), width, planes)
+        if depth > 8:
+            a = (a >> (depth - 8)).astype(np.uint8)
+        elif depth < 8:
+            a = (a.astype(np.uint16) * 255 // (2 ** depth - 1)).astype(np.uint8)
+        a = a[..., :3] if planes >= 3 else a[..., :1]
+        return np.repeat(a, 3, axis=2) if a.shape[2] == 1 else a
+
+    def bands() -> Iterator[np.ndarray]:
+        block: list = []
+        for row in pixel_rows:
+            block.append(row)
+            if len(block) == rows:
+                yield to_rgb(block)
+                block = []
+        if block:
+            yield to_rgb(block)
+
+    return height, width, bands()
+
+
+def encode_png(model: "AutoencoderTiny", path: str | os.PathLike, **options: Any) -> torch.Tensor:
+    """Encode a PNG file read row band by row band; return raw latents (1, latent_channels, H/f, W/f), float32.
+
+    The image's height and width must be multiples of `model.spatial_scale_factor`. The result equals
+    `model.encode(x)` with the same tiling options, for x the image as (1, 3, H, W) float32 in [-1, 1]
+    (uint8 / 127.5 - 1), exactly.
+    """
+    opts = check_options(model, options)
+    if model.config.in_channels != 3:
+        raise ValueError(f"PNG input needs a 3-channel encoder, this one has {model.config.in_channels} channels")
+    f = model.spatial_scale_factor
+    probe_h, probe_w, _ = read_png_bands(path, 1)
+    if probe_h % f or probe_w % f:
+        raise ValueError(f"{path}: image size {probe_w}x{probe_h} is not a multiple of {f}; crop or pad it first")
+    band, _ = _band_rows(model._part("encoder"), probe_h, probe_w, opts)
+    height, width, bands = read_png_bands(path, band)
+
+    def tensors() -> Iterator[torch.Tensor]:
+        for rgb in bands:
+            x = torch.from_numpy(rgb).permute(2, 0, 1)[None].to(torch.float32) / 127.5 - 1
+            yield x.to(model.device)
+
+    return encode_bands(model, tensors(), height, width, **opts).to(torch.float32)
