@@ -21,9 +21,9 @@ pass applies them. The extra passes only cover the cheap lowest-resolution block
 Options (for `AutoencoderTiny.enable_tiling(**options)` and the streaming functions):
 - `band_rows`: latent rows per band (image rows per band = band_rows * spatial scale factor), an integer >= 1.
   Default None: chosen from `band_pixels`.
-- `band_pixels`: when `band_rows` is None, the image pixels a band holds, about (default 2**18 = 256 Ki): rows =
+- `band_pixels`: when `band_rows` is None, the image pixels a band holds, about (default 2**16 = 64 Ki): rows =
   max(1, band_pixels // (image width * scale factor)). A band's largest activation is then about
-  band_pixels * 64 channels * 4 bytes = 64 MiB in float32.
+  band_pixels * 64 channels * 4 bytes = 16 MiB in float32 (raise it on a GPU: fewer, larger kernels).
 
 Streaming (peak memory independent of the image height): `decode_to_png`, `encode_png`, and the generators
 `decode_bands` / `encode_bands` for other progressive formats. PNG is written and read row by row with pypng.
@@ -46,7 +46,7 @@ from .blocks import Block, Clamp
 if TYPE_CHECKING:
     from .model import AutoencoderTiny
 
-DEFAULT_BAND_PIXELS = 2 ** 18
+DEFAULT_BAND_PIXELS = 2 ** 16
 OPTIONS = ("band_rows", "band_pixels")
 _POINTWISE = (nn.ReLU, nn.SiLU, nn.Mish, nn.GELU, nn.Identity, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, Clamp)
 # Input rows either side of floor(out_row / scale) that an Upsample output row may read.
