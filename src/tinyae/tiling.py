@@ -31,6 +31,7 @@ Streaming (peak memory independent of the image height): `decode_to_png`, `encod
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,8 +196,10 @@ def _cat(buf: torch.Tensor | None, x: torch.Tensor | None) -> torch.Tensor | Non
 class _Pointwise:
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], n_in: int):
         self.fn, self.n_out = fn, n_in
+        self.done = False
 
     def push(self, x: torch.Tensor | None, final: bool) -> torch.Tensor | None:
+        self.done = final
         return None if x is None else self.fn(x)
 
 
@@ -209,6 +212,11 @@ class _Buffered:
         self.start = 0  # absolute index of buf's first row
         self.received = 0
         self.next_out = 0
+        self.cap = n_out  # most output rows per push: keeps the final flush (the field's lag) in band-sized steps
+
+    @property
+    def done(self) -> bool:
+        return self.next_out >= self.n_out
 
     def _take(self, x: torch.Tensor | None) -> None:
         self.buf = _cat(self.buf, x)
@@ -240,6 +248,7 @@ class _Conv(_Buffered):
         k, s, p = self.k, self.s, self.p
         # output row c reads input rows s*c-p .. s*c-p+k-1
         end = self.n_out if final else min(self.n_out, (self.received - k + p) // s + 1)
+        end = min(end, self.next_out + self.cap)
         if end <= self.next_out:
             return None
         rows = self._rows(s * self.next_out - p, s * (end - 1) - p + k)
@@ -261,6 +270,7 @@ class _Upsample(_Buffered):
         k, r = self.scale, self.reach
         # output row c reads input rows c//k - r .. c//k + r (clamped to the image)
         end = self.n_out if final else min(self.n_out, (self.received - r) * k)
+        end = min(end, self.next_out + self.cap)
         if end <= self.next_out:
             return None
         lo = max(0, self.next_out // k - r)
@@ -277,10 +287,24 @@ class _Chain:
         self.streams = streams
         self.n_out = streams[-1].n_out if streams else n_in
 
+    @property
+    def done(self) -> bool:
+        return all(stream.done for stream in self.streams)
+
     def push(self, x: torch.Tensor | None, final: bool) -> torch.Tensor | None:
+        """final: the chain's input is complete; a stream's input is complete when every stream before it is done."""
         for stream in self.streams:
             x = stream.push(x, final)
+            final = final and stream.done
         return x
+
+    def set_cap(self, fraction: float) -> None:
+        """Limit every layer's output per push to about twice its share of one band (fraction of the image)."""
+        for stream in self.streams:
+            if isinstance(stream, _Block):
+                stream.branch.set_cap(fraction)
+            elif isinstance(stream, _Buffered):
+                stream.cap = max(1, 2 * math.ceil(fraction * stream.n_out))
 
 
 # GroupNorm statistics: {id(GroupNorm module): (mean, rstd)}, each (B, groups) float64.
@@ -322,6 +346,10 @@ class _Block:
         self.fifo: torch.Tensor | None = None
         self.fifo_start = 0
 
+    @property
+    def done(self) -> bool:
+        return self.branch.done
+
     def push(self, x: torch.Tensor | None, final: bool) -> torch.Tensor | None:
         if x is not None and self.pool is not None:
             x = self.pool(x)
@@ -357,15 +385,17 @@ def _chain(layers: list[nn.Module], n_in: int, stats: GNStats) -> _Chain:
     return _Chain(streams, n_in)
 
 
-def _run(chain: _Chain, bands: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
-    """Push the input bands through `chain`; yield its output bands."""
+def _run(chain: _Chain, bands: Iterable[torch.Tensor], fraction: float) -> Iterator[torch.Tensor]:
+    """Push the input bands (each about `fraction` of the input's rows) through `chain`; yield its output bands."""
+    chain.set_cap(fraction)
     for band in bands:
         out = chain.push(band, False)
         if out is not None:
             yield out
-    out = chain.push(None, True)
-    if out is not None:
-        yield out
+    while not chain.done:  # flush the rows still in flight, band by band
+        out = chain.push(None, True)
+        if out is not None:
+            yield out
 
 
 def _collect(bands: Iterable[torch.Tensor], rows: int) -> torch.Tensor:
@@ -397,7 +427,7 @@ def _gn_stats(layers: list[nn.Module], x: torch.Tensor, rows: int, stats: GNStat
         g = gn.num_groups
         total = torch.zeros(x.shape[0], g, 2, dtype=acc_dtype, device=x.device)
         count = 0
-        for band in _run(_chain(layers[:j], x.shape[2], stats), x.split(rows, dim=2)):
+        for band in _run(_chain(layers[:j], x.shape[2], stats), x.split(rows, dim=2), rows / x.shape[2]):
             h = conv_in(band).to(acc_dtype)
             h = h.reshape(h.shape[0], g, -1)
             total[:, :, 0] += h.sum(-1)
@@ -432,15 +462,15 @@ def stream_apply(net: nn.Module, bands: Iterable[torch.Tensor], height: int, wid
     cut = next((i for i, layer in enumerate(layers) if _has_gn(layer)), len(layers))
     head, tail = layers[:cut], layers[cut:]
     head_chain = _chain(head, height, {})
+    band_in, _ = _band_rows(net, height, width, options)
     if not tail:
-        yield from _run(head_chain, bands)
+        yield from _run(head_chain, bands, band_in / height)
         return
     # GroupNorm: keep the lowest-resolution input of the GroupNorm stage, find the statistics, then run the rest.
-    mid = _collect(_run(head_chain, bands), head_chain.n_out)
-    band_in, latent_rows = _band_rows(net, height, width, options)
+    mid = _collect(_run(head_chain, bands, band_in / height), head_chain.n_out)
     rows = max(1, band_in * mid.shape[2] // height)
     stats = _gn_stats(tail, mid, rows, {})
-    yield from _run(_chain(tail, mid.shape[2], stats), mid.split(rows, dim=2))
+    yield from _run(_chain(tail, mid.shape[2], stats), mid.split(rows, dim=2), rows / mid.shape[2])
 
 
 def tiled_apply(net: nn.Module, x: torch.Tensor, **options: Any) -> torch.Tensor:
