@@ -290,3 +290,40 @@ def test_help_has_examples():
     for command in ("encode", "decode", "roundtrip", "convert", "info"):
         text = cli.build_parser()._subparsers._group_actions[0].choices[command].format_help()
         assert "examples:" in text and f"tinyae {command}" in text
+
+
+# ---------------------------------------------------------------------------------------------- --stream
+def test_stream_decode_and_encode_equal_the_tiled_in_memory_runs(tmp_path):
+    """--stream writes/reads PNGs band by band; the result equals --tile in memory (same bands, same math)."""
+    src = tmp_path / "in"
+    src.mkdir()
+    # 100x72: not a multiple of 8 in width, so the streamed PNG must be cropped back to the source size
+    Image.open(IMAGES / "coffee.png").convert("RGB").crop((200, 100, 300, 172)).save(src / "coffee.png")
+    assert cli.main(["encode", str(src), "-o", str(tmp_path / "lat"), "--model", MODEL]) == 0
+    assert cli.main(["decode", str(tmp_path / "lat"), "-o", str(tmp_path / "mem"), "--model", MODEL, "--tile"]) == 0
+    assert cli.main(["decode", str(tmp_path / "lat"), "-o", str(tmp_path / "str"), "--model", MODEL,
+                     "--stream"]) == 0
+    mem = np.asarray(Image.open(tmp_path / "mem" / "coffee.png"))
+    streamed = np.asarray(Image.open(tmp_path / "str" / "coffee.png"))
+    assert streamed.shape == mem.shape == (72, 100, 3)
+    assert np.array_equal(streamed, mem)
+
+    Image.open(IMAGES / "coffee.png").convert("RGB").crop((0, 0, 96, 64)).save(src / "coffee.png")
+    assert cli.main(["encode", str(src), "-o", str(tmp_path / "e1"), "--model", MODEL, "--tile"]) == 0
+    assert cli.main(["encode", str(src), "-o", str(tmp_path / "e2"), "--model", MODEL, "--stream"]) == 0
+    from tinyae import load_latents
+
+    a, b = load_latents(tmp_path / "e1" / "coffee.safetensors"), load_latents(tmp_path / "e2" / "coffee.safetensors")
+    assert a.latents.shape == b.latents.shape == (32, 8, 12)
+    assert (a.latents - b.latents).abs().max() <= 1e-5
+
+
+def test_stream_errors_are_one_line(tmp_path, capsys):
+    src = small_photo(tmp_path, size=60)  # 60 is not a multiple of 8: streamed encode refuses it
+    assert cli.main(["encode", str(src), "-o", str(tmp_path / "o"), "--model", MODEL, "--stream"]) == 1
+    err = capsys.readouterr().err
+    assert "--stream" in err and "not a multiple of 8" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists() or list((tmp_path / "o").iterdir()) == []
+    assert cli.main(["decode", str(src), "-o", str(tmp_path / "d"), "--model", MODEL, "--stream",
+                     "--format", "jpg"]) == 1
+    assert "--stream writes PNG only" in capsys.readouterr().err

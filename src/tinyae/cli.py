@@ -215,6 +215,8 @@ def prepare_runner(args: argparse.Namespace, spec: str, needs: Sequence[str]) ->
         except NotImplementedError as e:
             raise CliError(f"--tile: {_one_line(e)}") from None
     engine = model
+    if getattr(args, "stream", False) and args.backend != "torch":
+        raise CliError("--stream runs the torch model; it cannot be combined with --backend onnxruntime")
     if args.backend == "onnxruntime":
         try:
             from .runtime import load_backend
@@ -391,8 +393,12 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
     def work(chunk: list[Job]) -> None:
         assert runner is not None
-        live, images = _read_each(rep, chunk, lambda j: read_image(j.input))
-        for j, enc in zip(live, encode_images(runner.engine, images, batch_size=args.batch_size)):
+        if args.stream:
+            live, encoded = _read_each(rep, chunk, lambda j: _encode_streamed(runner.model, j))
+        else:
+            live, images = _read_each(rep, chunk, lambda j: read_image(j.input))
+            encoded = encode_images(runner.engine, images, batch_size=args.batch_size)
+        for j, enc in zip(live, encoded):
             assert j.output is not None
             meta: dict[str, Any] = {"variant": runner.variant, "source": j.input.name,
                                     "scale_factor": runner.model.spatial_scale_factor}
@@ -414,6 +420,21 @@ def cmd_encode(args: argparse.Namespace) -> int:
     return finish(rep, "encode", jobs, started, extra)
 
 
+def _encode_streamed(model: Any, j: Job) -> Any:
+    """Encode one PNG read in row bands (tinyae.tiling.encode_png); the same EncodedImage as encode_images."""
+    from .images import EncodedImage
+    from .tiling import encode_png
+
+    if j.input.suffix.lower() != ".png":
+        raise ValueError(f"{j.input}: --stream reads PNG files only")
+    try:
+        z = encode_png(model, j.input, **(model.tiling_options if model.use_tiling else {}))
+    except ValueError as e:
+        raise ValueError(f"{j.input}: --stream: {_one_line(e)}") from None
+    f = model.spatial_scale_factor
+    return EncodedImage(latents=z[0].cpu(), size=(z.shape[3] * f, z.shape[2] * f))
+
+
 def _latent_accept(f: Path) -> bool:
     return f.name.endswith((".safetensors", ".latent.png"))
 
@@ -431,6 +452,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
     from .images import check_channels, decode_latents
 
     rep, started = Reporter(args.json), time.perf_counter()
+    if args.stream and args.format != "png":
+        raise CliError("--stream writes PNG only (the one format written row by row here); use --format png")
     suffix = IMAGE_FORMATS[args.format]
     jobs = collect(args.inputs, _latent_accept, "latent files (*.safetensors, *.latent.png)")
     out_dir = plan_outputs(jobs, Path(args.output), lambda p: _latent_stem(p) + suffix, tuple(IMAGE_FORMATS.values()))
@@ -456,6 +479,11 @@ def cmd_decode(args: argparse.Namespace) -> int:
     def work(chunk: list[Job]) -> None:
         assert runner is not None
         live, loaded = _read_each(rep, chunk, load)
+        if args.stream:
+            for j, e in zip(live, loaded):
+                _decode_streamed(runner.model, e, j)
+                rep.line(f"{j.input} -> {j.output}  ({j.info['size'][0]}x{j.info['size'][1]} RGB, streamed)")
+            return
         for j, im in zip(live, decode_latents(runner.engine, loaded, batch_size=args.batch_size)):
             assert j.output is not None
             save_image(im, j.output, args.format, args.quality)
@@ -465,6 +493,21 @@ def cmd_decode(args: argparse.Namespace) -> int:
     _run_jobs(rep, jobs, "decoding", args.batch_size, work)
     return finish(rep, "decode", jobs, started, {"model": spec, "variant": runner.variant if runner else None,
                                                    "format": args.format})
+
+
+def _decode_streamed(model: Any, e: Any, j: Job) -> None:
+    """Decode one latent file straight into a PNG, band by band (tinyae.tiling.decode_to_png)."""
+    from .tiling import decode_to_png
+
+    if e.alpha is not None or e.grayscale:
+        raise CliError("--stream writes RGB only; this image had alpha or was grayscale (decode it "
+                       "without --stream)")
+    decode_to_png(model, e.latents[None].to(model.device), j.output, size=tuple(e.size) if e.size else None,
+                  **(model.tiling_options if model.use_tiling else {}))
+    from PIL import Image
+
+    with Image.open(j.output) as im:
+        j.status, j.info = "ok", {"size": list(im.size), "mode": im.mode, "bytes": j.output.stat().st_size}
 
 
 def save_image(im: Any, path: Path, fmt: str, quality: int = 95) -> None:
@@ -759,6 +802,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder (or a file for one input)")
     s.add_argument("--format", choices=list(LATENT_FORMATS), default="safetensors",
                    help="safetensors (float latents, default) or png (8-bit latent PNG)")
+    s.add_argument("--stream", action="store_true",
+                   help="read each PNG in row bands (memory flat in image size; RGB PNGs whose sides are multiples "
+                        "of the scale factor)")
     s.set_defaults(run=cmd_encode)
 
     s = sub.add_parser("decode", parents=[common, batch, compute], formatter_class=raw, epilog=_EPILOGS["decode"],
@@ -767,6 +813,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder (or a file for one input)")
     s.add_argument("--format", choices=list(IMAGE_FORMATS), default="png", help="image format (default png)")
     s.add_argument("--quality", type=_positive, default=95, help="jpg/webp quality 1-100 (default 95)")
+    s.add_argument("--stream", action="store_true",
+                   help="write each PNG row band by row band (memory flat in image size; png, RGB, no alpha)")
     s.set_defaults(run=cmd_decode)
 
     s = sub.add_parser("roundtrip", parents=[common, batch, compute], formatter_class=raw,

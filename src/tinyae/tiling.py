@@ -544,13 +544,14 @@ def encode_bands(model: "AutoencoderTiny", bands: Iterable[torch.Tensor], height
 
 
 def decode_to_png(model: "AutoencoderTiny", latents: torch.Tensor, path: str | os.PathLike,
-                  compression: int | None = None, **options: Any) -> None:
+                  compression: int | None = None, size: tuple[int, int] | None = None, **options: Any) -> None:
     """Decode raw latents (1, C, h, w) straight into a PNG file, written row band by row band.
 
     Peak memory does not grow with the image height (see the module docstring); the file is written atomically
     (temporary file, then rename), so an existing file is only replaced by a complete one. The pixels equal
     `to_uint8(model.decode(latents).sample)` with the same tiling options, exactly. `compression`: zlib level
-    0-9 (None: zlib's default). 1- or 3-channel outputs only (greyscale or RGB).
+    0-9 (None: zlib's default). 1- or 3-channel outputs only (greyscale or RGB). `size`: (width, height) to keep
+    of the decoded image (its top-left part), e.g. the source's size before padding to a multiple of 8.
     """
     import png
 
@@ -566,10 +567,16 @@ def decode_to_png(model: "AutoencoderTiny", latents: torch.Tensor, path: str | o
     bands = decode_bands(model, latents, **options)  # validates latents and options before a file is touched
     f = model.decoder_scale_factor
     height, width = latents.shape[2] * f, latents.shape[3] * f
+    if size is not None:
+        if not (0 < size[0] <= width and 0 < size[1] <= height):
+            raise ValueError(f"size {size} must fit inside the decoded {width}x{height} image")
+        width, height = int(size[0]), int(size[1])
 
     def rows() -> Iterator[bytes]:
+        left = height
         for band in bands:
-            pixels = to_uint8(band)[0].cpu().numpy()
+            pixels = to_uint8(band)[0, :left, :width].cpu().numpy()
+            left -= pixels.shape[0]
             for row in pixels.reshape(pixels.shape[0], -1):
                 yield row.tobytes()
 
