@@ -25,30 +25,26 @@ def _block(sd, key, x):
     return F.relu(h + skip)
 
 
-def encoder_8x(sd: dict, x01: torch.Tensor) -> torch.Tensor:
-    """taesd.py Encoder: conv, Block, 3 x (stride-2 conv, 3 Blocks), conv. Image in [0, 1]."""
-    x = _block(sd, "1", _conv(sd, "0", x01))
-    i = 2
+def _encoder_stages(sd: dict, x: torch.Tensor, i: int) -> torch.Tensor:
+    """3 x (stride-2 conv, 3 Blocks) from layer i, then the conv to latents."""
     for _ in range(3):
         x = _conv(sd, str(i), x, stride=2)
         for j in range(1, 4):
             x = _block(sd, str(i + j), x)
         i += 4
     return _conv(sd, str(i), x)
+
+
+def encoder_8x(sd: dict, x01: torch.Tensor) -> torch.Tensor:
+    """taesd.py Encoder: conv, Block, 3 x (stride-2 conv, 3 Blocks), conv. Image in [0, 1]."""
+    return _encoder_stages(sd, _block(sd, "1", _conv(sd, "0", x01)), 2)
 
 
 def encoder_32x(sd: dict, x01: torch.Tensor) -> torch.Tensor:
     """taesd.py F32Encoder: 2 x (stride-2 conv, ReLU), Block, 3 x (stride-2 conv, 3 Blocks), conv."""
     x = F.relu(_conv(sd, "0", x01, stride=2))
     x = F.relu(_conv(sd, "2", x, stride=2))
-    x = _block(sd, "4", x)
-    i = 5
-    for _ in range(3):
-        x = _conv(sd, str(i), x, stride=2)
-        for j in range(1, 4):
-            x = _block(sd, str(i + j), x)
-        i += 4
-    return _conv(sd, str(i), x)
+    return _encoder_stages(sd, _block(sd, "4", x), 5)
 
 
 def decoder_8x(sd: dict, z: torch.Tensor) -> torch.Tensor:
