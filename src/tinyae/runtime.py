@@ -6,11 +6,12 @@ onnxruntime backend.
 - channels_last activations (what oneDNN and cuDNN convolutions want);
 - on CPU, every convolution runs through oneDNN with its ReLU, and in the residual blocks the skip addition and the
   final ReLU, fused into the convolution (`torch.ops.mkldnn._convolution_pointwise`): no separate memory passes;
-- nearest 2x upsample + 3x3 convolution is rewritten as one 2x2 convolution with 4x the output channels on the
-  low-resolution input, interleaved (the same function with 16 instead of 36 multiply-adds per low-resolution
-  pixel and output channel: 2.25x less work, and no upsampled tensor);
-- on CPU, the layers at the highest resolution run on horizontal strips of rows whose activations fit in cache
-  (with a margin of rows that absorbs the strip edges, then cropped: bitwise the same result);
+- weights prepacked in oneDNN's blocked layout (per input shape), instead of reordered inside every call;
+- nearest 2x upsample + 3x3 convolution is rewritten on the low-resolution input (the same function with 16 instead
+  of 36 multiply-adds per low-resolution pixel and output channel, and no upsampled input): on CPU one stride-2
+  transposed convolution, elsewhere a 2x2 convolution with 4x the output channels, interleaved;
+- on CPU, the layers of every resolution level whose activations exceed a strip run on horizontal strips of rows
+  that fit in cache (with a margin of rows that absorbs the strip edges, then cropped: bitwise the same result);
 - weights stored in the compute precision: bfloat16 on CPUs with AVX512-BF16 / AMX, float16 on CUDA, else float32.
 
 Callers keep passing and receiving their own dtype (AutoencoderTiny casts at the boundary). See docs/performance.md.
@@ -328,7 +329,9 @@ class FastNet(nn.Module):
         Exactly the unstriped result."""
         start, stop, up, down, margin, row_bytes = segment
         n, _, h, w = x.shape
-        rows = max(8, STRIP_BYTES // max(1, row_bytes * w * x.element_size())) // down * down
+        # float32 convolutions are compute-bound (~7x slower than bf16 on AMX): twice the bytes per strip, fewer
+        # recomputed margin rows
+        rows = max(8, STRIP_BYTES // max(1, row_bytes * w * min(2, x.element_size()))) // down * down
         if h <= rows + 2 * margin:
             return self._run(x, start, stop)
         out = None
