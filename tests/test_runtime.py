@@ -15,7 +15,7 @@ from conftest import PHOTOS, load_photo, psnr
 from tinyae import AutoencoderTiny, runtime
 from tinyae.blocks import Block
 from tinyae.runtime import (FastBlock, FastUpsampleConv, OptimizedAutoencoderTiny, cpu_has_fast_bf16, optimize,
-                            resolve_precision)
+                            resolve_precision, upsample_deconv_weights)
 from tinyae.variants import variant_config
 
 MODES = ["fp32", "bf16"] + (["fp16"] if torch.ops.mkldnn._is_mkldnn_fp16_supported() else [])
@@ -130,11 +130,14 @@ def test_upsample_conv_rewrite_equals_upsample_then_conv(cin, cout, h, w, batch,
     with torch.no_grad():
         ref = conv(nn.functional.interpolate(x, scale_factor=2, mode="nearest"))
         ref = ref.relu() if relu else ref
+        deconv = nn.functional.conv_transpose2d(x, upsample_deconv_weights(conv.weight), conv.bias, stride=2, padding=1)
+        deconv = deconv.relu() if relu else deconv
         exact = FastUpsampleConv(conv, relu, torch.float64, fused=False)(
             x.contiguous(memory_format=torch.channels_last))
         fused = FastUpsampleConv(conv.float(), relu, torch.float32, fused=True)(
             x.float().contiguous(memory_format=torch.channels_last))
     assert exact.shape == ref.shape and (exact - ref).abs().max() <= 1e-12
+    assert deconv.shape == ref.shape and (deconv - ref).abs().max() <= 1e-12
     assert (fused.double() - ref).abs().max() <= 1e-5 * max(1, float(ref.abs().max()))
 
 
@@ -188,3 +191,24 @@ def _compare_striped(fast, batch, h, w):
         fast.encoder.strips = fast.decoder.strips = None
         whole = fast.encode(x).latents, fast.decode(z).sample
     assert torch.equal(striped[0], whole[0]) and torch.equal(striped[1], whole[1])
+
+
+def test_prepacked_weights_are_bitwise_the_plain_ones_and_copies_drop_them(astronaut):
+    """CPU convolutions keep oneDNN-packed weights per input shape: same results as the plain weights, and a deep
+    copy (which carries only the plain weights) computes the same."""
+    torch.manual_seed(0)
+    model = AutoencoderTiny(**variant_config("taesd")).eval()
+    fast = optimize(model, "fp32")
+    x = astronaut[:, :, :64, :96]
+    with torch.inference_mode():
+        z, y = fast.encode(x).latents, fast.decode(model.encode(x).latents).sample
+        packed = [m for m in fast.modules() if m.__dict__.get("_packed")]
+        assert packed, "no convolution kept a packed weight"
+        twin = copy.deepcopy(fast)
+        assert not any(m.__dict__.get("_packed") for m in twin.modules())
+        assert torch.equal(twin.encode(x).latents, z) and torch.equal(twin.decode(model.encode(x).latents).sample, y)
+        for m in packed:
+            m.__dict__["_packed"].clear()
+            if isinstance(m, runtime.FastConv):
+                m.packed_weight = lambda x, m=m: m.weight  # the plain (unpacked) weight
+        assert torch.equal(fast.encode(x).latents, z)

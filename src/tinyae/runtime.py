@@ -6,11 +6,12 @@ onnxruntime backend.
 - channels_last activations (what oneDNN and cuDNN convolutions want);
 - on CPU, every convolution runs through oneDNN with its ReLU, and in the residual blocks the skip addition and the
   final ReLU, fused into the convolution (`torch.ops.mkldnn._convolution_pointwise`): no separate memory passes;
-- nearest 2x upsample + 3x3 convolution is rewritten as one 2x2 convolution with 4x the output channels on the
-  low-resolution input, interleaved (the same function with 16 instead of 36 multiply-adds per low-resolution
-  pixel and output channel: 2.25x less work, and no upsampled tensor);
-- on CPU, the layers at the highest resolution run on horizontal strips of rows whose activations fit in cache
-  (with a margin of rows that absorbs the strip edges, then cropped: bitwise the same result);
+- weights prepacked in oneDNN's blocked layout (per input shape), instead of reordered inside every call;
+- nearest 2x upsample + 3x3 convolution is rewritten on the low-resolution input (the same function with 16 instead
+  of 36 multiply-adds per low-resolution pixel and output channel, and no upsampled input): on CPU one stride-2
+  transposed convolution, elsewhere a 2x2 convolution with 4x the output channels, interleaved;
+- on CPU, the layers of every resolution level whose activations exceed a strip run on horizontal strips of rows
+  that fit in cache (with a margin of rows that absorbs the strip edges, then cropped: bitwise the same result);
 - weights stored in the compute precision: bfloat16 on CPUs with AVX512-BF16 / AMX, float16 on CUDA, else float32.
 
 Callers keep passing and receiving their own dtype (AutoencoderTiny casts at the boundary). See docs/performance.md.
@@ -26,7 +27,7 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -100,8 +101,36 @@ def _param(t: torch.Tensor | None, dtype: torch.dtype, channels_last: bool = Fal
     return nn.Parameter(t.contiguous() if not channels_last else t, requires_grad=False)
 
 
-class FastConv(nn.Module):
-    """conv(x) [+ residual] [-> relu] in one oneDNN call on CPU (`fused`), else conv2d + in-place ops."""
+PACKED_PER_LAYER = 8  # prepacked weight layouts kept per convolution (one per input shape seen, oldest dropped)
+
+
+class _Prepacked(nn.Module):
+    """A CPU convolution whose `weight` is also kept in oneDNN's blocked layout, per input shape (the layout
+    depends on it): an unpacked weight is reordered again inside every oneDNN call. Packing only permutes the
+    weights, so results are bitwise the same. Copies and pickles carry the plain weight only."""
+
+    weight: nn.Parameter
+
+    def _packed_for(self, x: torch.Tensor, pack: Callable[[torch.Tensor, list[int]], torch.Tensor]) -> torch.Tensor:
+        """`pack(weight, input_shape)`, cached per input shape; rebuilt when the weight is replaced or changed."""
+        w = self.weight
+        key = (tuple(x.shape), w.dtype, w.data_ptr(), -1 if w.is_inference() else w._version)
+        cache = self.__dict__.setdefault("_packed", {})
+        packed = cache.get(key)
+        if packed is None:
+            packed = pack(w, list(x.shape))
+            if len(cache) >= PACKED_PER_LAYER:
+                cache.pop(next(iter(cache)))
+            cache[key] = packed
+        return packed
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_packed": {}}
+
+
+class FastConv(_Prepacked):
+    """conv(x) [+ residual] [-> relu] in one oneDNN call on CPU (`fused`, weights prepacked), else conv2d +
+    in-place ops."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, stride: int, padding: int,
                  relu: bool, dtype: torch.dtype, fused: bool):
@@ -109,6 +138,12 @@ class FastConv(nn.Module):
         self.weight = _param(weight, dtype, channels_last=True)
         self.bias = _param(bias, dtype)
         self.stride, self.padding, self.relu, self.fused = stride, padding, relu, fused
+
+    def packed_weight(self, x: torch.Tensor) -> torch.Tensor:
+        """The weight in oneDNN's layout for inputs shaped like `x` (CPU)."""
+        p, s = [self.padding] * 2, [self.stride] * 2
+        return self._packed_for(x, lambda w, shape: torch.ops.mkldnn._reorder_convolution_weight(
+            w, p, s, [1, 1], 1, shape))
 
     @classmethod
     def of(cls, conv: nn.Conv2d, relu: bool, dtype: torch.dtype, fused: bool) -> "FastConv":
@@ -124,14 +159,14 @@ class FastConv(nn.Module):
         p, s = [self.padding] * 2, [self.stride] * 2
         if self.fused:
             relu = "relu" if self.relu else None
+            w = self.packed_weight(x)
             if residual is None:
-                return torch.ops.mkldnn._convolution_pointwise(
-                    x, self.weight, self.bias, p, s, [1, 1], 1, relu or "none", [], "")
+                return torch.ops.mkldnn._convolution_pointwise(x, w, self.bias, p, s, [1, 1], 1, relu or "none", [], "")
             if overwrite:  # no new allocation: fresh large tensors cost page faults on every call
                 return torch.ops.mkldnn._convolution_pointwise_.binary(
-                    residual, x, self.weight, self.bias, p, s, [1, 1], 1, "add", None, relu, [], None)
+                    residual, x, w, self.bias, p, s, [1, 1], 1, "add", None, relu, [], None)
             return torch.ops.mkldnn._convolution_pointwise.binary(
-                x, residual, self.weight, self.bias, p, s, [1, 1], 1, "add", None, relu, [], None)
+                x, residual, w, self.bias, p, s, [1, 1], 1, "add", None, relu, [], None)
         y = F.conv2d(x, self.weight, self.bias, s, p)
         if residual is not None:
             y = y.add_(residual)
@@ -168,16 +203,46 @@ def interleave_phases(z: torch.Tensor) -> torch.Tensor:
     return out.view(n, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
 
 
-class FastUpsampleConv(nn.Module):
-    """nearest 2x upsample + 3x3 conv (stride 1, padding 1) [+ relu], computed on the low-resolution input."""
+def upsample_deconv_weights(weight: torch.Tensor) -> torch.Tensor:
+    """Weights (C_in, C_out, 4, 4) of the stride-2 transposed convolution (padding 1) that equals nearest-2x-upsample
+    followed by a 3x3 convolution (padding 1), the bias unchanged.
+
+    The transposed convolution adds input pixel i into output rows 2i-1..2i+2 with taps k = 0..3; output row 2i
+    reads the upsampled rows 2i-1 (input i-1: 3x3 row 0) and 2i, 2i+1 (input i: rows 1 + 2), row 2i+1 reads input i
+    (rows 0 + 1) and i+1 (row 2). So along each axis the taps are (w2, w1 + w2, w0 + w1, w0).
+    """
+    w = weight.detach().double()
+    taps = torch.tensor([[0.0, 0, 1], [0, 1, 1], [1, 1, 0], [1, 0, 0]], dtype=w.dtype, device=w.device)
+    return torch.einsum("kr,ocrs,ls->cokl", taps, w, taps).to(weight.dtype)
+
+
+class FastUpsampleConv(_Prepacked):
+    """nearest 2x upsample + 3x3 conv (stride 1, padding 1) [+ relu], computed on the low-resolution input.
+
+    On CPU (`fused`) one oneDNN stride-2 transposed convolution writes the full-resolution output directly
+    (`upsample_deconv_weights`); elsewhere a 2x2 convolution with 4x the channels followed by `interleave_phases`.
+    Both do 16 instead of 36 multiply-adds per low-resolution pixel and output channel.
+    """
 
     def __init__(self, conv: nn.Conv2d, relu: bool, dtype: torch.dtype, fused: bool):
         super().__init__()
-        w, b = upsample_conv_weights(conv.weight, conv.bias)
-        self.conv = FastConv(w, b, 1, 1, relu, dtype, fused)
+        self.fused, self.relu = fused, relu
+        self.out_channels = conv.out_channels
+        if fused:
+            self.weight = _param(upsample_deconv_weights(conv.weight), dtype, channels_last=True)
+            self.bias = _param(conv.bias, dtype)
+        else:
+            w, b = upsample_conv_weights(conv.weight, conv.bias)
+            self.conv = FastConv(w, b, 1, 1, relu, dtype, fused)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return interleave_phases(self.conv(x))
+        if not self.fused:
+            return interleave_phases(self.conv(x))
+        args = ([1, 1], [0, 0], [2, 2], [1, 1], 1)  # padding, output padding, stride, dilation, groups
+        w = self._packed_for(x, lambda w, shape: torch.ops.mkldnn._reorder_convolution_transpose_weight(
+            w, *args, shape))
+        return torch.ops.mkldnn._convolution_transpose_pointwise(
+            x, w, self.bias, *args, "relu" if self.relu else "none", [], "")
 
 
 class FastBlock(nn.Module):
@@ -258,12 +323,15 @@ class FastNet(nn.Module):
             x = op(x, overwrite=i > start) if isinstance(op, FastBlock) else op(x)
         return x
 
-    def _run_strips(self, x: torch.Tensor) -> torch.Tensor:
-        """The highest-resolution ops on horizontal strips of rows (with a margin that absorbs the strip edges'
-        wrong padding, then cropped), so their activations stay in cache. Exactly the unstriped result."""
-        start, stop, up, down, margin, row_bytes = self.strips
+    def _run_strips(self, x: torch.Tensor, segment: Segment) -> torch.Tensor:
+        """One segment's ops on horizontal strips of rows (with a margin that absorbs the strip edges' wrong
+        padding, then cropped), so their activations stay in cache, when its activations are larger than a strip.
+        Exactly the unstriped result."""
+        start, stop, up, down, margin, row_bytes = segment
         n, _, h, w = x.shape
-        rows = max(8, STRIP_BYTES // max(1, row_bytes * w * x.element_size())) // down * down
+        # float32 convolutions are compute-bound (~7x slower than bf16 on AMX): twice the bytes per strip, fewer
+        # recomputed margin rows
+        rows = max(8, STRIP_BYTES // max(1, row_bytes * w * min(2, x.element_size()))) // down * down
         if h <= rows + 2 * margin:
             return self._run(x, start, stop)
         out = None
@@ -289,12 +357,11 @@ class FastNet(nn.Module):
             if self.clamp:
                 x = torch.tanh(x / 3) * 3
             x = x.contiguous(memory_format=_CL)
-            if self.strips is None:
-                return self._run(x, 0, len(self.ops)).contiguous()
-            start, stop = self.strips[:2]
-            x = self._run(x, 0, start)
-            x = self._run_strips(x)
-            return self._run(x, stop, len(self.ops)).contiguous()
+            done = 0
+            for segment in self.strips or ():
+                x = self._run_strips(self._run(x, done, segment[0]), segment)
+                done = segment[1]
+            return self._run(x, done, len(self.ops)).contiguous()
 
 
 STRIP_BYTES = 8 << 20  # target size of the largest activation of one strip (fits this class of CPU caches)
@@ -304,7 +371,7 @@ def _geometry(op: nn.Module) -> tuple[int, int, int, int] | None:
     """(up, down, halo rows at the op's input, widest output channels) of a layer, None if it cannot be striped
     (GroupNorm statistics span the whole image)."""
     if isinstance(op, FastUpsampleConv):
-        return 2, 1, 1, op.conv.weight.shape[0] // 4
+        return 2, 1, 1, op.out_channels
     if isinstance(op, FastConv):
         return 1, op.stride, op.padding, op.weight.shape[0]
     if isinstance(op, FastBlock) and op.pool is None:
@@ -314,20 +381,33 @@ def _geometry(op: nn.Module) -> tuple[int, int, int, int] | None:
     return None
 
 
-def _strip_plan(ops: Sequence[nn.Module]) -> tuple[int, int, int, int, int, int] | None:
-    """Which ops to run on strips of rows: those at the network's highest resolution (encoder: from the input to
-    the first stride-2 conv; decoder: from the last upsampling to the output), when they include a residual
-    block. Returns (start, stop, up, down, margin rows at the segment input, widest activation bytes per
-    segment-input row and column / element size), or None."""
+Segment = tuple[int, int, int, int, int, int]  # (start, stop, up, down, margin, row elements): see _segment_plan
+
+
+def _strip_plan(ops: Sequence[nn.Module]) -> list[Segment] | None:
+    """Which ops may run on strips of rows: one segment per resolution level (the ops that read or write it, e.g.
+    encoder: input conv, first block, first stride-2 conv; decoder: last upsampling, last block, output conv), for
+    every level whose ops can be striped (no GroupNorm) and include a residual block. Whether a segment actually
+    runs striped is decided per call from the input size (`FastNet._run_strips`). None when no level qualifies."""
     levels, level = [], 0
     for op in ops:
         g = _geometry(op)
         up, down = (g[0], g[1]) if g else (2 if isinstance(op, nn.Upsample) else 1, 1)
         levels.append((level, level + up.bit_length() - down.bit_length()))
         level = levels[-1][1]
-    top = max(max(a, b) for a, b in levels)
-    inside = [i for i, (a, b) in enumerate(levels) if a == top or b == top]
-    start, stop = inside[0], inside[-1] + 1
+    segments = []
+    for top in sorted({max(a, b) for a, b in levels}, reverse=True):
+        inside = [i for i, (a, b) in enumerate(levels) if max(a, b) == top]
+        if inside == list(range(inside[0], inside[-1] + 1)):
+            plan = _segment_plan(ops, inside[0], inside[-1] + 1)
+            if plan is not None:
+                segments.append(plan)
+    return sorted(segments) or None
+
+
+def _segment_plan(ops: Sequence[nn.Module], start: int, stop: int) -> Segment | None:
+    """(start, stop, up, down, margin rows at the segment input, widest activation elements per segment-input row
+    and column) for ops[start:stop], or None if they cannot be striped."""
     geos = [_geometry(op) for op in ops[start:stop]]
     if any(g is None for g in geos) or not any(isinstance(op, FastBlock) for op in ops[start:stop]):
         return None
