@@ -7,10 +7,13 @@ import pickle
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from conftest import TAEF2, WEIGHTS
 from tinyae import AutoencoderTiny, MissingPartError, WeightsError
+from tinyae.model import all_finite
 from tinyae.weights import to_original_keys
 
 
@@ -46,6 +49,23 @@ def test_bad_images(small, x, message):
 def test_bad_latents(small, z, message):
     with pytest.raises(ValueError, match=message):
         small.decode(z)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 300), dtype=st.sampled_from([torch.float16, torch.bfloat16, torch.float32, torch.float64]),
+       bad=st.lists(st.tuples(st.integers(0, 299), st.sampled_from([float("nan"), float("inf"), -float("inf")])),
+                    max_size=3),
+       huge=st.booleans(), seed=st.integers(0, 2**16))
+def test_all_finite_is_isfinite(n, dtype, bad, huge, seed):
+    """The one-pass check agrees with torch.isfinite, also when the finite values overflow their sum."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, generator=gen, dtype=torch.float64)
+    if huge:  # the largest finite values: their sum overflows
+        x = x.sign() * torch.finfo(dtype).max
+    x = x.to(dtype)
+    for i, v in bad:
+        x[i % n] = v
+    assert all_finite(x) == bool(torch.isfinite(x).all())
 
 
 def test_latent_size_is_free(small):

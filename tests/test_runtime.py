@@ -154,6 +154,56 @@ def test_fused_block_equals_block(n, act, gn, size, seed):
     assert (got - ref).abs().max() <= 1e-5 * max(1, float(ref.abs().max()))
 
 
+@settings(max_examples=20, deadline=None)
+@given(cin=st.integers(1, 4), n=st.sampled_from([16, 32]), h=st.integers(1, 12), w=st.integers(1, 12),
+       batch=st.integers(1, 2), fused=st.booleans(), seed=st.integers(0, 2**16))
+def test_stem_equals_input_conv_then_block(cin, n, h, w, batch, fused, seed):
+    """The encoder's input conv + first Block as one 5x5 convolution, with the outermost ring of pixels
+    recomputed exactly: the same function at every pixel, the image border and tiny images included (float64
+    unfused: exact to rounding; float32 oneDNN: to 1e-5)."""
+    torch.manual_seed(seed)
+    conv0, block = nn.Conv2d(cin, n, 3, padding=1), Block(n, n).eval()
+    assert runtime._is_stem(conv0, block)
+    x = torch.randn(batch, cin, h, w, dtype=torch.float64)
+    with torch.no_grad():
+        ref = block.double()(conv0.double()(x))
+        dtype = torch.float32 if fused else torch.float64
+        stem = runtime.FastStem(conv0, block, dtype, fused)
+        got = stem(x.to(dtype).contiguous(memory_format=torch.channels_last)).double()
+    tol = 1e-5 if fused else 1e-10
+    assert got.shape == ref.shape and (got - ref).abs().max() <= tol * max(1, float(ref.abs().max()))
+
+
+def test_stem_is_used_where_it_pays(taef2):
+    """taef2/taesd encoders start with conv(3, 64) + Block(64): fused. taesana's strided stem is not."""
+    assert isinstance(optimize(taef2, "bf16").encoder.ops[0], runtime.FastStem)
+    assert not isinstance(optimize(taef2, "bf16", rewrite=False).encoder.ops[0], runtime.FastStem)
+    sana = AutoencoderTiny(**variant_config("taesana")).eval()
+    assert not any(isinstance(op, runtime.FastStem) for op in optimize(sana, "fp32").encoder.ops)
+
+
+def test_kept_segment_buffers_never_leak_into_results(astronaut):
+    """Segment outputs are kept between calls (no page faults for fresh large buffers): earlier results stay
+    intact, other sizes work, at most one buffer per segment is kept, copies carry none."""
+    torch.manual_seed(0)
+    model = AutoencoderTiny(**variant_config("taesd")).eval()
+    fast = optimize(model, "fp32")
+    with pytest.MonkeyPatch.context() as mp, torch.inference_mode():
+        mp.setattr(runtime, "STRIP_BYTES", 1)
+        z1, z2 = torch.randn(1, 4, 12, 10), torch.randn(1, 4, 12, 10)
+        y1 = fast.decode(z1).sample
+        y1_copy = y1.clone()
+        y2 = fast.decode(z2).sample
+        assert torch.equal(y1, y1_copy) and not torch.equal(y1, y2)
+        assert torch.equal(fast.decode(z1).sample, y1)
+        for size in ((5, 7), (12, 10), (3, 3)):
+            z = torch.randn(2, 4, *size)
+            assert (fast.decode(z).sample - model.decode(z).sample).abs().max() <= 1e-5
+        kept = fast.decoder.__dict__.get("_spare", {})
+        assert 0 < len(kept) <= len(fast.decoder.strips)
+        assert not copy.deepcopy(fast).decoder.__dict__.get("_spare")
+
+
 def test_errors_are_clear(taef2, astronaut):
     with pytest.raises(ValueError, match="precision must be one of"):
         optimize(taef2, "int8")

@@ -55,6 +55,14 @@ class MissingPartError(RuntimeError):
     """The model was loaded without the encoder (or decoder) that this call needs."""
 
 
+def all_finite(x: torch.Tensor) -> bool:
+    """True when `x` holds no NaN or infinity. One summation pass instead of isfinite's several: a NaN or infinite
+    element makes the sum NaN or infinite, and a finite sum proves every element finite; only a sum that overflows
+    from finite values (or a real non-finite element) falls back to checking every element."""
+    total = x.sum(dtype=torch.float32) if x.dtype in (torch.float16, torch.bfloat16) else x.sum()
+    return bool(torch.isfinite(total)) or bool(torch.isfinite(x).all())
+
+
 class AutoencoderTiny(nn.Module):
     """Tiny AutoEncoder (TAESD family), a drop-in for `diffusers.AutoencoderTiny`.
 
@@ -196,7 +204,7 @@ class AutoencoderTiny(nn.Module):
                              f"{x.shape[3]}; pad the image (tinyae.encode_images pads by reflection and crops back)")
         if x.device != self.device:
             raise ValueError(f"{what} are on {x.device} but the model is on {self.device}")
-        if self.check_finite and not bool(torch.isfinite(x).all()):
+        if self.check_finite and not all_finite(x):
             raise ValueError(f"{what} contain NaN or infinite values")
         return x
 
@@ -228,7 +236,9 @@ class AutoencoderTiny(nn.Module):
         """Images (B, in_channels, H, W) in [-1, 1] -> raw latents (B, latent_channels, H/f, W/f)."""
         encoder = self._part("encoder")
         x = self._check(x, "images", self.config.in_channels, self.spatial_scale_factor)
-        out = self._net(encoder, x.to(self.dtype), lambda t: t.add(1).div(2)).to(x.dtype)
+        # [-1, 1] -> [0, 1] in the wider of the two dtypes, then one cast (elementwise bf16 math is slow on CPUs)
+        wide = torch.promote_types(self.dtype, x.dtype)
+        out = self._net(encoder, x, lambda t: t.to(wide).add(1).div_(2).to(self.dtype)).to(x.dtype)
         return AutoencoderTinyOutput(latents=out) if return_dict else (out,)
 
     def decode(self, x: torch.Tensor, generator: torch.Generator | None = None, return_dict: bool = True
@@ -239,7 +249,8 @@ class AutoencoderTiny(nn.Module):
         """
         decoder = self._part("decoder")
         x = self._check(x, "latents", self.config.latent_channels, 1)
-        out = self._net(decoder, x.to(self.dtype)).mul(2).sub(1).to(x.dtype)
+        wide = torch.promote_types(self.dtype, x.dtype)
+        out = self._net(decoder, x.to(self.dtype)).to(wide).mul_(2).sub_(1).to(x.dtype)
         return DecoderOutput(sample=out) if return_dict else (out,)
 
     def forward(self, sample: torch.Tensor, return_dict: bool = True) -> DecoderOutput | tuple[torch.Tensor]:

@@ -245,6 +245,75 @@ class FastUpsampleConv(_Prepacked):
             x, w, self.bias, *args, "relu" if self.relu else "none", [], "")
 
 
+def compose_conv_weights(first: nn.Conv2d, second: nn.Conv2d) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Weight and bias of the one convolution that equals `second(first(x))` for two stride-1 convolutions with
+    "same" zero padding and nothing between them, away from the image border: a (k1 + k2 - 1)-wide kernel with
+    padding (k1 + k2 - 2) / 2. Along each axis output pixel y reads first() at y + d - p2, which reads x at
+    y + d + u - p1 - p2, so the kernels convolve. Computed in float64, returned in `second`'s dtype.
+    """
+    w0, w1 = first.weight.detach().double(), second.weight.detach().double()
+    k0, k1 = w0.shape[-1], w1.shape[-1]
+    w = w0.new_zeros(w1.shape[0], w0.shape[1], k0 + k1 - 1, k0 + k1 - 1)
+    for dy in range(k1):
+        for dx in range(k1):
+            w[:, :, dy:dy + k0, dx:dx + k0] += torch.einsum("om,mcuv->ocuv", w1[:, :, dy, dx], w0)
+    bias = None if second.bias is None else second.bias.detach().double()
+    if first.bias is not None:
+        carried = w1.sum((2, 3)) @ first.bias.detach().double()
+        bias = carried if bias is None else bias + carried
+    return w.to(second.weight.dtype), None if bias is None else bias.to(second.weight.dtype)
+
+
+def _is_stem(conv: nn.Module, block: nn.Module | None) -> bool:
+    """conv (3x3, same padding, no activation after it) followed by a plain residual Block (ReLU, identity skip,
+    no GroupNorm branch) whose first convolution is 3x3: fusing the two pays when conv has few input channels."""
+    if not (isinstance(conv, nn.Conv2d) and _is_3x3_same(conv) and isinstance(block, Block)):
+        return False
+    c1, a1 = block.conv[0], block.conv[1]
+    return (block.pool is None and isinstance(block.skip, nn.Identity) and isinstance(a1, nn.ReLU)
+            and _is_3x3_same(c1) and 25 * conv.in_channels < 9 * conv.out_channels)
+
+
+class FastStem(nn.Module):
+    """The encoder's input convolution and first residual Block: h = conv0(x), relu(conv3(relu(conv2(relu(
+    conv1(h))))) + h).
+
+    conv1(conv0(x)) is linear in x, so it runs as one 5x5 convolution on the 3-channel image
+    (`compose_conv_weights`): 3x25 instead of 3x9 + 64x9 multiply-adds per pixel and output channel, and the
+    3-channel input is read once more instead of a 64-channel activation. The fused kernel differs from the two
+    convolutions only on the outermost ring of pixels, where conv1 reads conv0's zero padding; those rows and
+    columns are recomputed with the two original convolutions. conv0(x) itself is still needed for the skip.
+    """
+
+    def __init__(self, conv0: nn.Conv2d, block: Block, dtype: torch.dtype, fused: bool):
+        super().__init__()
+        c1, _, c2, _, c3 = block.conv
+        self.conv0 = FastConv.of(conv0, False, dtype, fused)
+        w, b = compose_conv_weights(conv0, c1)
+        self.first = FastConv(w, b, 1, 2, True, dtype, fused)  # relu(conv1(conv0(x))) inside the border ring
+        self.conv1 = FastConv.of(c1, True, dtype, fused)  # the border ring, from conv0's output
+        self.conv2 = FastConv.of(c2, True, dtype, fused)
+        self.conv3 = FastConv.of(c3, True, dtype, fused)  # + skip, then the block's fuse ReLU
+
+    def _exact(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv1(self.conv0(x))
+
+    def forward(self, x: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
+        """x: images (never overwritten); `overwrite` is accepted for the FastBlock calling convention."""
+        n, _, h, w = x.shape
+        skip = self.conv0(x)
+        if h <= 6 or w <= 6:
+            a = self.conv1(skip)
+        else:
+            a = self.first(x)
+            # the ring: output row 0 depends on input rows 0..2 only (row -1 of conv0's output is zero padding)
+            rows = self._exact(torch.cat([x[:, :, :3], x[:, :, -3:]]))
+            a[:, :, 0], a[:, :, -1] = rows[:n, :, 0], rows[n:, :, -1]
+            cols = self._exact(torch.cat([x[..., :3], x[..., -3:]]).contiguous(memory_format=_CL))
+            a[..., 0], a[..., -1] = cols[:n, ..., 0], cols[n:, ..., -1]
+        return self.conv3(self.conv2(a), residual=skip, overwrite=True)
+
+
 class FastBlock(nn.Module):
     """`blocks.Block` with fused convolutions: relu(conv3(relu(conv2(relu(conv1(x))))) + skip(x))."""
 
@@ -299,6 +368,9 @@ class FastNet(nn.Module):
             nxt = layers[i + 1] if i + 1 < len(layers) else None
             if isinstance(layer, Block):
                 ops.append(FastBlock(layer, dtype, fused))
+            elif rewrite and _is_stem(layer, nxt):
+                ops.append(FastStem(layer, nxt, dtype, fused))
+                i += 1
             elif isinstance(layer, nn.Conv2d):
                 relu = isinstance(nxt, nn.ReLU)
                 ops.append(FastConv.of(layer, relu, dtype, fused))
@@ -320,13 +392,14 @@ class FastNet(nn.Module):
     def _run(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         for i in range(start, stop):
             op = self.ops[i]
-            x = op(x, overwrite=i > start) if isinstance(op, FastBlock) else op(x)
+            x = op(x, overwrite=i > start) if isinstance(op, (FastBlock, FastStem)) else op(x)
         return x
 
-    def _run_strips(self, x: torch.Tensor, segment: Segment) -> torch.Tensor:
+    def _run_strips(self, x: torch.Tensor, segment: Segment, in_use: list) -> torch.Tensor:
         """One segment's ops on horizontal strips of rows (with a margin that absorbs the strip edges' wrong
         padding, then cropped), so their activations stay in cache, when its activations are larger than a strip.
-        Exactly the unstriped result."""
+        Exactly the unstriped result. (Full-width strips: oneDNN's kernels, the transposed convolution above all,
+        run much slower on narrow tiles of odd widths, which 2D tiles with margins would be.)"""
         start, stop, up, down, margin, row_bytes = segment
         n, _, h, w = x.shape
         # float32 convolutions are compute-bound (~7x slower than bf16 on AMX): twice the bytes per strip, fewer
@@ -342,10 +415,21 @@ class FastNet(nn.Module):
                 y = self._run(x[b:b + 1, :, lo:hi], start, stop)
                 y = y[:, :, (r0 - lo) * up // down:(r1 - lo) * up // down]
                 if out is None:
-                    out = torch.empty((n, y.shape[1], h * up // down, w * up // down), dtype=y.dtype,
-                                      device=y.device, memory_format=_CL)
-                out[b:b + 1, :, r0 * up // down:r0 * up // down + y.shape[2]] = y
+                    out = self._buffer((start, torch.Size((n, y.shape[1], h * up // down, w * up // down)), y.dtype), y,
+                                       in_use)
+                out[b:b + 1, :, r0 * up // down:r1 * up // down] = y
         return out
+
+    def _buffer(self, key: tuple, like: torch.Tensor, in_use: list) -> torch.Tensor:
+        """A channels_last buffer for a segment's output (key: segment, shape, dtype), kept from the previous call:
+        a fresh allocation of 32 MB and more is a new mmap whose pages fault in on every call (~5% of a 1024²
+        decode). `forward` hands the buffers in `in_use` back when the call is over; a concurrent call on another
+        thread finds none kept and allocates its own."""
+        buf = self.__dict__.setdefault("_spare", {}).pop(key[0], None)  # at most one kept per segment
+        if buf is None or (buf.shape, buf.dtype) != key[1:]:
+            buf = torch.empty(key[1], dtype=like.dtype, device=like.device, memory_format=_CL)
+        in_use.append((key, buf))
+        return buf
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused and x.device.type != "cpu":
@@ -357,11 +441,19 @@ class FastNet(nn.Module):
             if self.clamp:
                 x = torch.tanh(x / 3) * 3
             x = x.contiguous(memory_format=_CL)
-            done = 0
+            done, in_use = 0, []
             for segment in self.strips or ():
-                x = self._run_strips(self._run(x, done, segment[0]), segment)
+                x = self._run_strips(self._run(x, done, segment[0]), segment, in_use)
                 done = segment[1]
-            return self._run(x, done, len(self.ops)).contiguous()
+            result = self._run(x, done, len(self.ops)).contiguous()
+            spare = self.__dict__.setdefault("_spare", {})
+            for key, buf in in_use:  # keep the segment buffers for the next call, unless one is the result
+                if buf.untyped_storage().data_ptr() != result.untyped_storage().data_ptr():
+                    spare[key[0]] = buf
+            return result
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_spare"}
 
 
 STRIP_BYTES = 8 << 20  # target size of the largest activation of one strip (fits this class of CPU caches)
@@ -376,6 +468,8 @@ def _geometry(op: nn.Module) -> tuple[int, int, int, int] | None:
         return 1, op.stride, op.padding, op.weight.shape[0]
     if isinstance(op, FastBlock) and op.pool is None:
         return 1, 1, 3, op.conv1.weight.shape[0]
+    if isinstance(op, FastStem):
+        return 1, 1, 4, op.conv1.weight.shape[0]
     if isinstance(op, (nn.ReLU, nn.SiLU, nn.GELU, nn.Mish)):
         return 1, 1, 0, 0
     return None
@@ -409,7 +503,7 @@ def _segment_plan(ops: Sequence[nn.Module], start: int, stop: int) -> Segment | 
     """(start, stop, up, down, margin rows at the segment input, widest activation elements per segment-input row
     and column) for ops[start:stop], or None if they cannot be striped."""
     geos = [_geometry(op) for op in ops[start:stop]]
-    if any(g is None for g in geos) or not any(isinstance(op, FastBlock) for op in ops[start:stop]):
+    if any(g is None for g in geos) or not any(isinstance(op, (FastBlock, FastStem)) for op in ops[start:stop]):
         return None
     up = down = 1
     for g in geos:
