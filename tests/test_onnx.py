@@ -101,4 +101,4 @@ def test_bench_runs_every_contestant_on_a_tiny_model():
         elif "psnr_db" in r:
             assert r["psnr_db"] >= 40
     text = format_markdown(results)
-    assert "| 64² | decode | diffusers fp32 |" in text and "Ceiling" in text
+    assert "| 64² | decode | diffusers fp32 |" in text and "Ceiling" in text and "steady state" in text

@@ -295,22 +295,23 @@ class FastStem(nn.Module):
         self.conv2 = FastConv.of(c2, True, dtype, fused)
         self.conv3 = FastConv.of(c3, True, dtype, fused)  # + skip, then the block's fuse ReLU
 
-    def _exact(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv1(self.conv0(x))
-
-    def forward(self, x: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
-        """x: images (never overwritten); `overwrite` is accepted for the FastBlock calling convention."""
+    def forward(self, x: torch.Tensor, overwrite: bool = False, top: bool = True, bottom: bool = True
+                ) -> torch.Tensor:
+        """x: images (never overwritten; `overwrite` is accepted for the FastBlock calling convention). `top` /
+        `bottom`: x's first / last row is the image's (strips in the middle of the image skip that fix: their edge
+        rows fall in the margin that is cropped away)."""
         n, _, h, w = x.shape
         skip = self.conv0(x)
         if h <= 6 or w <= 6:
-            a = self.conv1(skip)
-        else:
-            a = self.first(x)
-            # the ring: output row 0 depends on input rows 0..2 only (row -1 of conv0's output is zero padding)
-            rows = self._exact(torch.cat([x[:, :, :3], x[:, :, -3:]]))
-            a[:, :, 0], a[:, :, -1] = rows[:n, :, 0], rows[n:, :, -1]
-            cols = self._exact(torch.cat([x[..., :3], x[..., -3:]]).contiguous(memory_format=_CL))
-            a[..., 0], a[..., -1] = cols[:n, ..., 0], cols[n:, ..., -1]
+            return self.conv3(self.conv2(self.conv1(skip)), residual=skip, overwrite=True)
+        a = self.first(x)
+        # the ring: output row 0 needs conv0 rows 0..1 (row -1 is zero padding), which need input rows 0..2
+        if top:
+            a[:, :, :1] = self.conv1(self.conv0(x[:, :, :3])[:, :, :2])[:, :, :1]
+        if bottom:
+            a[:, :, -1:] = self.conv1(self.conv0(x[:, :, -3:])[:, :, 1:])[:, :, -1:]
+        cols = self.conv1(self.conv0(torch.cat([x[..., :3], x[..., -3:]]).contiguous(memory_format=_CL)))
+        a[..., 0], a[..., -1] = cols[:n, ..., 0], cols[n:, ..., -1]
         return self.conv3(self.conv2(a), residual=skip, overwrite=True)
 
 
@@ -389,10 +390,14 @@ class FastNet(nn.Module):
         self.ops = nn.Sequential(*ops)
         self.strips = _strip_plan(ops) if fused else None
 
-    def _run(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    def _run(self, x: torch.Tensor, start: int, stop: int, top: bool = True, bottom: bool = True) -> torch.Tensor:
+        """ops[start:stop] on x; `top`/`bottom`: x's first/last row is the image's (False in strips)."""
         for i in range(start, stop):
             op = self.ops[i]
-            x = op(x, overwrite=i > start) if isinstance(op, (FastBlock, FastStem)) else op(x)
+            if isinstance(op, FastStem):
+                x = op(x, top=top, bottom=bottom)
+            else:
+                x = op(x, overwrite=i > start) if isinstance(op, FastBlock) else op(x)
         return x
 
     def _run_strips(self, x: torch.Tensor, segment: Segment, in_use: list) -> torch.Tensor:
@@ -412,7 +417,7 @@ class FastNet(nn.Module):
             for r0 in range(0, h, rows):
                 r1 = min(h, r0 + rows)
                 lo, hi = max(0, r0 - margin), min(h, r1 + margin)
-                y = self._run(x[b:b + 1, :, lo:hi], start, stop)
+                y = self._run(x[b:b + 1, :, lo:hi], start, stop, top=lo == 0, bottom=hi == h)
                 y = y[:, :, (r0 - lo) * up // down:(r1 - lo) * up // down]
                 if out is None:
                     out = self._buffer((start, torch.Size((n, y.shape[1], h * up // down, w * up // down)), y.dtype), y,
