@@ -94,6 +94,7 @@ def test_bench_runs_every_contestant_on_a_tiny_model():
     assert {c for c, _ in rows} == {"diffusers fp32", "tinyae fp32", "tinyae optimized fp32", "tinyae optimized",
                                    "onnxruntime fp32", "tinyae optimized (full model)"}
     assert results["model"]["stripped_groupnorm"] and set(results["ceiling_gflops"]) == {"fp32", "bf16"}
+    assert set(results["ceiling_by_size"]["64"]) == set(results["ceiling_alone_gflops"]) == {"fp32", "bf16"}
     for r in results["rows"]:
         assert r["median_s"] > 0 and r["gflops"] > 0
         if r["contestant"] in ("diffusers fp32", "tinyae fp32"):
