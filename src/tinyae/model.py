@@ -185,7 +185,9 @@ class AutoencoderTiny(nn.Module):
                 f"load a source that includes the {name} to {'encode' if name == 'encoder' else 'decode'}")
         return part
 
-    def _check(self, x: Any, what: str, channels: int, multiple: int) -> torch.Tensor:
+    def _check(self, x: Any, what: str, channels: int, multiple: int, finite: bool = True) -> torch.Tensor:
+        """x validated for encode/decode (ValueError naming the problem); `finite=False` leaves the NaN/Inf check
+        to the caller (see `_finite`)."""
         if not isinstance(x, torch.Tensor):
             raise ValueError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
         if x.dim() != 4:
@@ -204,6 +206,9 @@ class AutoencoderTiny(nn.Module):
                              f"{x.shape[3]}; pad the image (tinyae.encode_images pads by reflection and crops back)")
         if x.device != self.device:
             raise ValueError(f"{what} are on {x.device} but the model is on {self.device}")
+        return self._finite(x, what) if finite else x
+
+    def _finite(self, x: torch.Tensor, what: str) -> torch.Tensor:
         if self.check_finite and not all_finite(x):
             raise ValueError(f"{what} contain NaN or infinite values")
         return x
@@ -235,10 +240,19 @@ class AutoencoderTiny(nn.Module):
     def encode(self, x: torch.Tensor, return_dict: bool = True) -> AutoencoderTinyOutput | tuple[torch.Tensor]:
         """Images (B, in_channels, H, W) in [-1, 1] -> raw latents (B, latent_channels, H/f, W/f)."""
         encoder = self._part("encoder")
-        x = self._check(x, "images", self.config.in_channels, self.spatial_scale_factor)
+        # NaN/Inf: checked on the converted input when the model's dtype keeps every value of the caller's finite
+        # (it is then in cache; an image read once more from memory costs ~1 ms at 512²), else on the input
+        late = (isinstance(x, torch.Tensor) and x.is_floating_point()
+                and torch.finfo(self.dtype).max >= torch.finfo(x.dtype).max)
+        x = self._check(x, "images", self.config.in_channels, self.spatial_scale_factor, finite=not late)
         # [-1, 1] -> [0, 1] in the wider of the two dtypes, then one cast (elementwise bf16 math is slow on CPUs)
         wide = torch.promote_types(self.dtype, x.dtype)
-        out = self._net(encoder, x, lambda t: t.to(wide).add(1).div_(2).to(self.dtype)).to(x.dtype)
+
+        def prepare(t: torch.Tensor) -> torch.Tensor:
+            t = t.to(wide).add(1).div_(2).to(self.dtype)
+            return self._finite(t, "images") if late else t
+
+        out = self._net(encoder, x, prepare).to(x.dtype)
         return AutoencoderTinyOutput(latents=out) if return_dict else (out,)
 
     def decode(self, x: torch.Tensor, generator: torch.Generator | None = None, return_dict: bool = True

@@ -10,6 +10,8 @@ onnxruntime backend.
 - nearest 2x upsample + 3x3 convolution is rewritten on the low-resolution input (the same function with 16 instead
   of 36 multiply-adds per low-resolution pixel and output channel, and no upsampled input): on CPU one stride-2
   transposed convolution, elsewhere a 2x2 convolution with 4x the output channels, interleaved;
+- the encoder's input convolution and the first convolution of the block after it (two linear maps in a row) are
+  composed into one 5x5 convolution on the 3-channel image, the border ring recomputed exactly (`FastStem`);
 - on CPU, the layers of every resolution level whose activations exceed a strip run on horizontal strips of rows
   that fit in cache (with a margin of rows that absorbs the strip edges, then cropped: bitwise the same result);
 - weights stored in the compute precision: bfloat16 on CPUs with AVX512-BF16 / AMX, float16 on CUDA, else float32.
