@@ -714,6 +714,7 @@ class OnnxRuntimeAutoencoder:
 
     check_finite = True
     _check = AutoencoderTiny._check  # the same input checks as the torch model (uses .device and .check_finite)
+    _finite = AutoencoderTiny._finite
 
     def __init__(self, folder: str | os.PathLike, providers: Sequence[str] | None = None,
                  threads: int | None = None):
