@@ -5,6 +5,7 @@ difference between a run with and without the callback is the preview's own cost
 un-packing the tokens and the TAEF2 decode (plus conversion to PIL). Also times the bare TAEF2 decode.
 
     python benchmarks/live_preview.py [--sizes 512 1024] [--steps 8] [--device cpu|cuda] [--dtype float32|float16]
+                                      [--optimize]   # previews decoded by taef2.optimize() (bf16 on AMX CPUs)
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     ap.add_argument("--weights", default=str(SHARED / "weights"))
+    ap.add_argument("--optimize", action="store_true", help="decode previews with taef2.optimize()")
     args = ap.parse_args()
     dtype = getattr(torch, args.dtype)
 
@@ -56,8 +58,10 @@ def main() -> None:
                                             torch_dtype=dtype, device=args.device)
     pipe = tiny_flux2_pipeline().to(args.device)
     set_vae(pipe, taef2)
+    previewer = taef2.optimize() if args.optimize else taef2
     print(f"# LivePreview overhead, FLUX.2 [klein] pipeline with a free stand-in denoiser; TAEF2 {args.dtype} on "
-          f"{args.device} ({platform.processor() or platform.machine()}, torch {torch.__version__}, "
+          f"{args.device}{', optimize()d: ' + previewer.precision if args.optimize else ''} "
+          f"({platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads); median of {args.repeats}, {args.steps} steps")
     print("| image | without preview, ms/step | x_t preview, ms/step overhead | x0 preview, ms/step overhead | "
           "bare TAEF2 decode, ms |")
@@ -66,19 +70,19 @@ def main() -> None:
         target = torch.zeros(1, 32, size // 8, size // 8, device=args.device)
         exact_velocity(pipe, pack_flux2(target))
         times = {}
-        for name, make in (("none", lambda: None), ("xt", lambda: LivePreview(pipe.vae, pipe=pipe, mode="xt")),
-                           ("x0", lambda: LivePreview(pipe.vae, pipe=pipe))):
+        for name, make in (("none", lambda: None), ("xt", lambda: LivePreview(previewer, pipe=pipe, mode="xt")),
+                           ("x0", lambda: LivePreview(previewer, pipe=pipe))):
             run(pipe, size, 2, make(), args.device)  # warm-up
             times[name] = statistics.median(run(pipe, size, args.steps, make(), args.device)
                                             for _ in range(args.repeats)) / args.steps * 1000
         with torch.no_grad():
             z = torch.randn(1, 32, size // 8, size // 8, device=args.device, dtype=dtype)
-            taef2.decode(z)
+            previewer.decode(z)
             sync(args.device)
             decode = []
             for _ in range(args.repeats):
                 t0 = time.perf_counter()
-                taef2.decode(z)
+                previewer.decode(z)
                 sync(args.device)
                 decode.append((time.perf_counter() - t0) * 1000)
         print(f"| {size}x{size} | {times['none']:.1f} | {times['xt'] - times['none']:.1f} | "
