@@ -103,3 +103,6 @@ def test_bench_runs_every_contestant_on_a_tiny_model():
             assert r["psnr_db"] >= 40
     text = format_markdown(results)
     assert "| 64² | decode | diffusers fp32 |" in text and "Ceiling" in text and "steady state" in text
+    cold = run_bench(model, [64], repeats=1, warmup=0, contestants=["tinyae fp32"], cold=True, log=lambda s: None)
+    assert cold["cold"] and "(--cold)" in format_markdown(cold)
+    assert {r["contestant"] for r in cold["rows"]} == {"tinyae fp32", "tinyae optimized (full model)"}
