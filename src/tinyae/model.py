@@ -240,11 +240,12 @@ class AutoencoderTiny(nn.Module):
     def encode(self, x: torch.Tensor, return_dict: bool = True) -> AutoencoderTinyOutput | tuple[torch.Tensor]:
         """Images (B, in_channels, H, W) in [-1, 1] -> raw latents (B, latent_channels, H/f, W/f)."""
         encoder = self._part("encoder")
+        x = self._check(x, "images", self.config.in_channels, self.spatial_scale_factor, finite=False)
         # NaN/Inf: checked on the converted input when the model's dtype keeps every value of the caller's finite
         # (it is then in cache; an image read once more from memory costs ~1 ms at 512²), else on the input
-        late = (isinstance(x, torch.Tensor) and x.is_floating_point()
-                and torch.finfo(self.dtype).max >= torch.finfo(x.dtype).max)
-        x = self._check(x, "images", self.config.in_channels, self.spatial_scale_factor, finite=not late)
+        late = torch.finfo(self.dtype).max >= torch.finfo(x.dtype).max
+        if not late:
+            self._finite(x, "images")
         # [-1, 1] -> [0, 1] in the wider of the two dtypes, then one cast (elementwise bf16 math is slow on CPUs)
         wide = torch.promote_types(self.dtype, x.dtype)
 

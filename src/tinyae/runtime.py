@@ -297,11 +297,9 @@ class FastStem(nn.Module):
         self.conv2 = FastConv.of(c2, True, dtype, fused)
         self.conv3 = FastConv.of(c3, True, dtype, fused)  # + skip, then the block's fuse ReLU
 
-    def forward(self, x: torch.Tensor, overwrite: bool = False, top: bool = True, bottom: bool = True
-                ) -> torch.Tensor:
-        """x: images (never overwritten; `overwrite` is accepted for the FastBlock calling convention). `top` /
-        `bottom`: x's first / last row is the image's (strips in the middle of the image skip that fix: their edge
-        rows fall in the margin that is cropped away)."""
+    def forward(self, x: torch.Tensor, top: bool = True, bottom: bool = True) -> torch.Tensor:
+        """x: images (never overwritten). `top` / `bottom`: x's first / last row is the image's (strips in the
+        middle of the image skip that fix: their edge rows fall in the margin that is cropped away)."""
         n, _, h, w = x.shape
         skip = self.conv0(x)
         if h <= 6 or w <= 6:
@@ -402,7 +400,7 @@ class FastNet(nn.Module):
                 x = op(x, overwrite=i > start) if isinstance(op, FastBlock) else op(x)
         return x
 
-    def _run_strips(self, x: torch.Tensor, segment: Segment, in_use: list) -> torch.Tensor:
+    def _run_strips(self, x: torch.Tensor, segment: Segment, in_use: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
         """One segment's ops on horizontal strips of rows (with a margin that absorbs the strip edges' wrong
         padding, then cropped), so their activations stay in cache, when its activations are larger than a strip.
         Exactly the unstriped result. (Full-width strips: oneDNN's kernels, the transposed convolution above all,
@@ -422,20 +420,19 @@ class FastNet(nn.Module):
                 y = self._run(x[b:b + 1, :, lo:hi], start, stop, top=lo == 0, bottom=hi == h)
                 y = y[:, :, (r0 - lo) * up // down:(r1 - lo) * up // down]
                 if out is None:
-                    out = self._buffer((start, torch.Size((n, y.shape[1], h * up // down, w * up // down)), y.dtype), y,
-                                       in_use)
+                    out = self._buffer(start, (n, y.shape[1], h * up // down, w * up // down), y, in_use)
                 out[b:b + 1, :, r0 * up // down:r1 * up // down] = y
         return out
 
-    def _buffer(self, key: tuple, like: torch.Tensor, in_use: list) -> torch.Tensor:
-        """A channels_last buffer for a segment's output (key: segment, shape, dtype), kept from the previous call:
-        a fresh allocation of 32 MB and more is a new mmap whose pages fault in on every call (~5% of a 1024²
-        decode). `forward` hands the buffers in `in_use` back when the call is over; a concurrent call on another
-        thread finds none kept and allocates its own."""
-        buf = self.__dict__.setdefault("_spare", {}).pop(key[0], None)  # at most one kept per segment
-        if buf is None or (buf.shape, buf.dtype) != key[1:]:
-            buf = torch.empty(key[1], dtype=like.dtype, device=like.device, memory_format=_CL)
-        in_use.append((key, buf))
+    def _buffer(self, segment: int, shape: tuple[int, ...], like: torch.Tensor, in_use: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
+        """A channels_last buffer for the output of the segment starting at op `segment`, kept from the previous
+        call when shape and dtype match: a fresh allocation of 32 MB and more is a new mmap whose pages fault in on
+        every call (~5% of a 1024² decode). `forward` hands the buffers in `in_use` back when the call is over; a
+        concurrent call on another thread finds none kept and allocates its own."""
+        buf = self.__dict__.setdefault("_spare", {}).pop(segment, None)  # at most one kept per segment
+        if buf is None or buf.shape != shape or buf.dtype != like.dtype:
+            buf = torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=_CL)
+        in_use.append((segment, buf))
         return buf
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -454,9 +451,9 @@ class FastNet(nn.Module):
                 done = segment[1]
             result = self._run(x, done, len(self.ops)).contiguous()
             spare = self.__dict__.setdefault("_spare", {})
-            for key, buf in in_use:  # keep the segment buffers for the next call, unless one is the result
+            for segment, buf in in_use:  # keep the segment buffers for the next call, unless one is the result
                 if buf.untyped_storage().data_ptr() != result.untyped_storage().data_ptr():
-                    spare[key[0]] = buf
+                    spare[segment] = buf
             return result
 
     def __getstate__(self) -> dict[str, Any]:
