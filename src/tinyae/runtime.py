@@ -424,7 +424,8 @@ class FastNet(nn.Module):
                 out[b:b + 1, :, r0 * up // down:r1 * up // down] = y
         return out
 
-    def _buffer(self, segment: int, shape: tuple[int, ...], like: torch.Tensor, in_use: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
+    def _buffer(self, segment: int, shape: tuple[int, ...], like: torch.Tensor,
+                in_use: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
         """A channels_last buffer for the output of the segment starting at op `segment`, kept from the previous
         call when shape and dtype match: a fresh allocation of 32 MB and more is a new mmap whose pages fault in on
         every call (~5% of a 1024² decode). `forward` hands the buffers in `in_use` back when the call is over; a
