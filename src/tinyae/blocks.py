@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from .config import TinyConfig
+from .layers import POINTWISE, Geometry, compose, declare, geometry
 
 GN_EXPANSION = 4  # the GroupNorm branch widens channels 4x ...
 GN_GROUPS = 4  # ... and normalises them in 4 groups (taef2)
@@ -29,6 +30,11 @@ class Clamp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.tanh(x / 3) * 3
+
+
+@declare(Clamp)
+def _clamp_geometry(layer: Clamp) -> Geometry:
+    return POINTWISE
 
 
 class Block(nn.Module):
@@ -50,6 +56,14 @@ class Block(nn.Module):
         if self.pool is not None:
             x = x + self.pool(x)
         return self.fuse(self.conv(x) + self.skip(x))
+
+
+@declare(Block)
+def _block_geometry(block: Block) -> Geometry:
+    """The conv branch's rows (the skip and the GroupNorm branch read each row alone), whole-image statistics when
+    the block has the GroupNorm branch."""
+    g = compose(geometry(layer) for layer in block.conv)
+    return Geometry(before=g.before, after=g.after, global_stats=block.pool is not None)
 
 
 class Encoder(nn.Module):

@@ -36,6 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .blocks import Block, Clamp, Decoder, Encoder
+from .layers import Geometry, declare, geometry
 from .model import AutoencoderTiny, AutoencoderTinyOutput, DecoderOutput, MissingPartError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -338,12 +339,17 @@ class FastBlock(nn.Module):
             self.gn_bias = _param(gn.bias, gn_dtype)
             self.pool = True
 
-    def forward(self, x: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
-        """`overwrite`: x belongs to the network (not the caller) and may be reused for the output."""
+    def forward(self, x: torch.Tensor, overwrite: bool = False,
+                stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """`overwrite`: x belongs to the network (not the caller) and may be reused for the output. `stats`: the
+        GroupNorm's (mean, rstd) per sample and group, (B, groups), of the whole image when x is a band of it
+        (`tinyae.fast_stream`); None: computed from x."""
         if self.pool is not None:
             g = self.pool_in(x)
-            # statistics in float32 (mixed-type group_norm) even for bf16/fp16 activations
-            g = F.group_norm(g, self.gn_groups, self.gn_weight, self.gn_bias, self.gn_eps).relu_()
+            if stats is None:  # statistics in float32 (mixed-type group_norm) even for bf16/fp16 activations
+                g = F.group_norm(g, self.gn_groups, self.gn_weight, self.gn_bias, self.gn_eps).relu_()
+            else:
+                g = self.group_norm_with(g, *stats).relu_()
             x = self.pool_out(g.contiguous(memory_format=_CL), residual=x, overwrite=overwrite)
             overwrite = True
         skip = x if self.skip is None else self.skip(x)
@@ -352,6 +358,37 @@ class FastBlock(nn.Module):
         y = self.conv2(y)
         y = y if self.act is None else self.act(y)
         return self.conv3(y, residual=skip, overwrite=overwrite or self.skip is not None)
+
+    def group_norm_with(self, g: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor) -> torch.Tensor:
+        """GroupNorm of g with given statistics, as one per-channel scale and shift in float32 (keeps channels_last).
+        y = (g - mean) * rstd * weight + bias = g * (rstd * weight) + (bias - mean * rstd * weight)."""
+        per = g.shape[1] // self.gn_groups
+        scale = rstd.float().repeat_interleave(per, dim=1) * self.gn_weight.float()
+        shift = self.gn_bias.float() - mean.float().repeat_interleave(per, dim=1) * scale
+        return (g.float() * scale[:, :, None, None] + shift[:, :, None, None]).to(g.dtype)
+
+
+# Row geometry of the fused layers (tinyae.layers), derived from the layers each one computes.
+@declare(FastConv)
+def _fast_conv_geometry(op: FastConv) -> Geometry:
+    k, s, p = op.weight.shape[-1], op.stride, op.padding
+    return Geometry(down=s, before=p, after=k - p - s, pointwise=(k, s, p) == (1, 1, 0))
+
+
+@declare(FastUpsampleConv)
+def _fast_upsample_conv_geometry(op: FastUpsampleConv) -> Geometry:
+    # output row r reads upsampled rows r-1..r+1, i.e. input rows (r-1)//2..(r+1)//2, within r//2 -1 .. r//2 + 1
+    return Geometry(up=2, before=1, after=1)
+
+
+@declare(FastBlock)
+def _fast_block_geometry(op: FastBlock) -> Geometry:
+    return Geometry(before=3, after=3, global_stats=op.pool is not None)  # three 3x3 convolutions in a row
+
+
+@declare(FastStem)
+def _fast_stem_geometry(op: FastStem) -> Geometry:
+    return Geometry(before=4, after=4)  # conv0 (1 row), then the block's three 3x3 convolutions
 
 
 class FastNet(nn.Module):
@@ -466,18 +503,15 @@ STRIP_BYTES = 8 << 20  # target size of the largest activation of one strip (fit
 
 def _geometry(op: nn.Module) -> tuple[int, int, int, int] | None:
     """(up, down, halo rows at the op's input, widest output channels) of a layer, None if it cannot be striped
-    (GroupNorm statistics span the whole image)."""
-    if isinstance(op, FastUpsampleConv):
-        return 2, 1, 1, op.out_channels
-    if isinstance(op, FastConv):
-        return 1, op.stride, op.padding, op.weight.shape[0]
-    if isinstance(op, FastBlock) and op.pool is None:
-        return 1, 1, 3, op.conv1.weight.shape[0]
-    if isinstance(op, FastStem):
-        return 1, 1, 4, op.conv1.weight.shape[0]
-    if isinstance(op, (nn.ReLU, nn.SiLU, nn.GELU, nn.Mish)):
-        return 1, 1, 0, 0
-    return None
+    (GroupNorm statistics span the whole image; parameter-free resampling layers stay outside the strips)."""
+    if not isinstance(op, (FastConv, FastUpsampleConv, FastBlock, FastStem, nn.ReLU, nn.SiLU, nn.GELU, nn.Mish)):
+        return None
+    g = geometry(op)
+    if g.global_stats:
+        return None
+    width = {FastUpsampleConv: lambda: op.out_channels, FastConv: lambda: op.weight.shape[0],
+             FastBlock: lambda: op.conv1.weight.shape[0], FastStem: lambda: op.conv1.weight.shape[0]}
+    return g.up, g.down, g.halo, width[type(op)]() if type(op) in width else 0
 
 
 Segment = tuple[int, int, int, int, int, int]  # (start, stop, up, down, margin, row elements): see _segment_plan

@@ -42,16 +42,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .blocks import Block, Clamp
+from .blocks import Block
+from .layers import geometry, needed, out_rows, upsample_params
 
 if TYPE_CHECKING:
     from .model import AutoencoderTiny
 
 DEFAULT_BAND_PIXELS = 2 ** 16
 OPTIONS = ("band_rows", "band_pixels")
-_POINTWISE = (nn.ReLU, nn.SiLU, nn.Mish, nn.GELU, nn.Identity, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, Clamp)
-# Input rows either side of floor(out_row / scale) that an Upsample output row may read.
-_UPSAMPLE_REACH = {"nearest": 0, "nearest-exact": 0, "bilinear": 1, "bicubic": 2}
 
 
 # ---------------------------------------------------------------------------------------------- options
@@ -68,14 +66,27 @@ def check_options(model: Any, options: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"band_pixels must be a positive integer (image pixels per band), got {band_pixels!r}")
     for part in ("encoder", "decoder"):
         net = getattr(model, part, None)
-        if net is not None:
+        if net is not None and _fast(net):
+            from .fast_stream import check
+
+            check(net)
+        elif net is not None:
             for layer in _flat_layers(net):
                 _check_layer(layer)
     return {"band_rows": band_rows, "band_pixels": band_pixels}
 
 
+def _fast(net: nn.Module) -> bool:
+    """True for an optimized network (`tinyae.runtime.FastNet`), which streams on its own kernels (fast_stream)."""
+    from .runtime import FastNet
+
+    return isinstance(net, FastNet)
+
+
 def _flat_layers(net: nn.Module) -> list[nn.Module]:
-    """The layer list that `net.forward` applies in order (the decoder's Clamp first)."""
+    """The layer list that `net.forward` applies in order (the decoder's Clamp first; an optimized net's ops)."""
+    if _fast(net):
+        return list(net.ops)
     layers = [net.clamp] if getattr(net, "clamp", None) is not None else []
     return layers + _flatten(net.layers)
 
@@ -88,59 +99,15 @@ def _flatten(seq: Iterable[nn.Module]) -> list[nn.Module]:
 
 
 def _check_layer(layer: nn.Module) -> None:
-    if isinstance(layer, Block):
-        for sub in _flatten(layer.conv):
-            _check_layer(sub)
-        return
-    if isinstance(layer, nn.Conv2d):
-        if layer.padding_mode != "zeros" or layer.dilation != (1, 1) or isinstance(layer.padding, str):
-            raise ValueError(f"tiling supports zero-padded, undilated convolutions, not {layer}")
-        return
-    if isinstance(layer, nn.Upsample):
-        _upsample_params(layer)
-        return
-    if not isinstance(layer, _POINTWISE):
-        raise ValueError(f"tiling does not support the layer {layer}")
-
-
-def _upsample_params(up: nn.Upsample) -> tuple[int, int]:
-    """(integer scale, reach in input rows); ValueError when the upsampling is not translation-invariant."""
-    sf = up.scale_factor
-    sf = sf[0] if isinstance(sf, tuple) else sf
-    if up.size is not None or sf is None or float(sf) != int(sf) or up.mode not in _UPSAMPLE_REACH or up.align_corners:
-        raise ValueError(f"tiling supports Upsample by an integer scale_factor in modes {tuple(_UPSAMPLE_REACH)} "
-                         f"without align_corners, not {up}")
-    return int(sf), _UPSAMPLE_REACH[up.mode]
-
-
-# ---------------------------------------------------------------------------------------------- geometry
-def _needed(layer: nn.Module, lo: int, hi: int) -> tuple[int, int]:
-    """Input rows [lo', hi'] (inclusive, ignoring the image edges) that output rows [lo, hi] of `layer` read."""
-    if isinstance(layer, Block):
-        for sub in reversed(_flatten(layer.conv)):
-            lo, hi = _needed(sub, lo, hi)
-        return lo, hi  # the skip and the pool read the same row only
-    if isinstance(layer, nn.Conv2d):
-        k, s, p = layer.kernel_size[0], layer.stride[0], layer.padding[0]
-        return s * lo - p, s * hi - p + k - 1
-    if isinstance(layer, nn.Upsample):
-        scale, reach = _upsample_params(layer)
-        return lo // scale - reach, hi // scale + reach
-    return lo, hi
-
-
-def _out_rows(layer: nn.Module, n: int) -> int:
-    """Output rows of `layer` for n input rows."""
-    if isinstance(layer, Block):
-        for sub in _flatten(layer.conv):
-            n = _out_rows(sub, n)
-        return n
-    if isinstance(layer, nn.Conv2d):
-        k, s, p = layer.kernel_size[0], layer.stride[0], layer.padding[0]
-        return (n + 2 * p - k) // s + 1
-    if isinstance(layer, nn.Upsample):
-        return n * _upsample_params(layer)[0]
-    return n
+    """ValueError naming a layer the streaming executor has no kernel for (its geometry is read from tinyae.layers)."""
+    for sub in _flatten(layer.conv) if isinstance(layer, Block) else ():
+        _check_layer(sub)
+    try:
+        g = geometry(layer)
+    except ValueError:
+        raise ValueError(f"tiling does not support the layer {layer}") from None
+    if not (g.pointwise or isinstance(layer, (Block, nn.Conv2d, nn.Upsample))):
+        raise ValueError(f"tiling does not support the layer {layer} yet (no streaming kernel)")
 
 
 @dataclass(frozen=True)
@@ -167,16 +134,12 @@ def receptive_field(net: nn.Module) -> ReceptiveField:
     """Receptive field of an Encoder or Decoder, computed from its layer stack (see `ReceptiveField`)."""
     layers = _flat_layers(net)
     n_in = 64 * 2 ** 8  # any size divisible by every scale
-    n_out = n_in
-    for layer in layers:
-        n_out = _out_rows(layer, n_out)
+    n_out = out_rows(layers, n_in)
     upsamples = n_out >= n_in
     scale = n_out // n_in if upsamples else n_in // n_out
     before = after = 0
     for row in range(scale if upsamples else 1):
-        lo, hi = row, row
-        for layer in reversed(layers):
-            lo, hi = _needed(layer, lo, hi)
+        lo, hi = needed(layers, row, row)
         cell_lo, cell_hi = (row // scale, row // scale) if upsamples else (row * scale, row * scale + scale - 1)
         before, after = max(before, cell_lo - lo), max(after, hi - cell_hi)
     return ReceptiveField(before, after, scale, upsamples)
@@ -239,7 +202,7 @@ class _Buffered:
 
 class _Conv(_Buffered):
     def __init__(self, conv: nn.Conv2d, n_in: int):
-        super().__init__(n_in, _out_rows(conv, n_in))
+        super().__init__(n_in, geometry(conv).out_rows(n_in))
         self.conv = conv
         self.k, self.s, self.p = conv.kernel_size[0], conv.stride[0], conv.padding[0]
 
@@ -261,7 +224,7 @@ class _Conv(_Buffered):
 
 class _Upsample(_Buffered):
     def __init__(self, up: nn.Upsample, n_in: int):
-        self.scale, self.reach = _upsample_params(up)
+        self.scale, self.reach = upsample_params(up)
         super().__init__(n_in, n_in * self.scale)
         self.up = up
 
@@ -368,11 +331,11 @@ class _Block:
 def _stream(layer: nn.Module, n_in: int, stats: GNStats) -> Any:
     if isinstance(layer, Block):
         return _Block(layer, n_in, stats)
-    if isinstance(layer, nn.Conv2d) and (layer.kernel_size[0], layer.stride[0], layer.padding[0]) != (1, 1, 0):
+    _check_layer(layer)
+    if isinstance(layer, nn.Conv2d) and not geometry(layer).pointwise:
         return _Conv(layer, n_in)
     if isinstance(layer, nn.Upsample):
         return _Upsample(layer, n_in)
-    _check_layer(layer)
     return _Pointwise(layer, n_in)
 
 
@@ -458,11 +421,16 @@ def stream_apply(net: nn.Module, bands: Iterable[torch.Tensor], height: int, wid
     any height are accepted; the output bands come as soon as they are computable. Memory: about width x
     (a few dozen rows) of activations, plus, for a network with GroupNorm, its whole lowest-resolution input.
     """
+    band_in, _ = _band_rows(net, height, width, options)
+    if _fast(net):
+        from . import fast_stream
+
+        yield from fast_stream.stream_apply(net, bands, height, width, band_in)
+        return
     layers = _flat_layers(net)
     cut = next((i for i, layer in enumerate(layers) if _has_gn(layer)), len(layers))
     head, tail = layers[:cut], layers[cut:]
     head_chain = _chain(head, height, {})
-    band_in, _ = _band_rows(net, height, width, options)
     if not tail:
         yield from _run(head_chain, bands, band_in / height)
         return
@@ -476,7 +444,11 @@ def stream_apply(net: nn.Module, bands: Iterable[torch.Tensor], height: int, wid
 def tiled_apply(net: nn.Module, x: torch.Tensor, **options: Any) -> torch.Tensor:
     """Exact banded equivalent of `net(x)` for an Encoder or Decoder and x (B, C, H, W) in its convention."""
     rows, _ = _band_rows(net, x.shape[2], x.shape[3], options)
-    n_out = _chain(_flat_layers(net), x.shape[2], {}).n_out
+    if _fast(net):
+        from . import fast_stream
+
+        return fast_stream.tiled_apply(net, x, rows)
+    n_out = out_rows(_flat_layers(net), x.shape[2])
     return _collect(stream_apply(net, x.split(rows, dim=2), x.shape[2], x.shape[3], options), n_out)
 
 
@@ -507,7 +479,8 @@ def decode_bands(model: "AutoencoderTiny", latents: torch.Tensor, **options: Any
     z = model._check(latents, "latents", model.config.latent_channels, 1).to(model.dtype)
     rows, _ = _band_rows(decoder, z.shape[2], z.shape[3], opts)
     bands = stream_apply(decoder, z.split(rows, dim=2), z.shape[2], z.shape[3], opts)
-    return (band.mul(2).sub(1).to(latents.dtype) for band in _no_grad(bands))
+    wide = torch.promote_types(model.dtype, latents.dtype)  # elementwise bf16 math is slow on CPUs
+    return (band.to(wide).mul_(2).sub_(1).to(latents.dtype) for band in _no_grad(bands))
 
 
 def encode_bands(model: "AutoencoderTiny", bands: Iterable[torch.Tensor], height: int, width: int,
@@ -525,6 +498,7 @@ def encode_bands(model: "AutoencoderTiny", bands: Iterable[torch.Tensor], height
         if isinstance(v, bool) or not isinstance(v, int) or v < 1 or v % f:
             raise ValueError(f"image {name} must be a positive multiple of {f}, got {v!r}")
     seen = [0]
+    wide = torch.promote_types(model.dtype, torch.float32)
 
     def prepared() -> Iterator[torch.Tensor]:
         for band in bands:
@@ -535,11 +509,11 @@ def encode_bands(model: "AutoencoderTiny", bands: Iterable[torch.Tensor], height
             seen[0] += band.shape[2]
             if seen[0] > height:
                 raise ValueError(f"the image bands hold more than height={height} rows")
-            yield band.to(model.dtype).add(1).div(2)
+            yield band.to(wide).add(1).div_(2).to(model.dtype)
         if seen[0] != height:
             raise ValueError(f"the image bands hold {seen[0]} rows, expected height={height}")
 
-    n_out = _chain(_flat_layers(encoder), height, {}).n_out
+    n_out = out_rows(_flat_layers(encoder), height)
     return _collect(_no_grad(stream_apply(encoder, prepared(), height, width, opts)), n_out)
 
 

@@ -1,0 +1,282 @@
+"""Row-band streaming of an optimized network (`FastNet`): tiling and streaming on the fast kernels.
+
+The eager streaming executor (`tinyae.tiling`) carries rows between bands layer by layer, which costs a copy per
+convolution; the fused kernels of `optimize()` instead compute whole residual blocks in one go. Here every fused op
+runs on chunks of its input rows plus the rows of context its declared geometry (`tinyae.layers`) asks for. The op
+zero-pads at the chunk's edges: right where the chunk edge is the image edge, wrong inside, where the wrong values
+reach at most `before` / `after` rows inward, exactly the context rows that are then cropped away. So every output
+row is computed from the same input rows, with the same kernels, as in memory; the recomputed context is the cost
+(2 x halo rows per op and chunk, a few percent with the chunk sizes below).
+
+Derivation of the crop: a chunk starting at input row L (a multiple of the op's `down`) makes output rows starting
+at L * up / down (stride-s convolution: chunk output row i reads chunk rows s*i - p.., i.e. image rows L + s*i - p..,
+which is image output row L/s + i; upsampling by u: row u*L + i). Output rows [a, b) read input rows
+`geometry.needed(a, b - 1)`, clipped to the image; the chunk is those rows, widened to multiples of `down`.
+
+GroupNorm (taef2) needs whole-image statistics: as in the eager executor, the stack is cut before the first block
+with a GroupNorm, its lowest-resolution input is kept, one streamed pass per GroupNorm accumulates its statistics
+(float64 sums), and the last pass applies them (`FastBlock.forward(stats=...)`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+import torch.nn as nn
+
+from .layers import Geometry, geometry
+from .runtime import FastBlock, FastNet, FastStem
+
+_CL = torch.channels_last
+CHUNK_BYTES = 16 << 20  # an op's chunk: about this many bytes of its widest activation ...
+MIN_CHUNK_ROWS = 32  # ... and at least this many output rows (the recomputed context is 2 x halo rows a chunk)
+
+Stats = dict[int, tuple[torch.Tensor, torch.Tensor]]  # id(FastBlock) -> (mean, rstd), each (B, groups) float64
+
+
+def ops_of(net: FastNet) -> list[nn.Module]:
+    return list(net.ops)
+
+
+def check(net: FastNet) -> None:
+    """ValueError naming an op whose geometry is not declared."""
+    for op in ops_of(net):
+        geometry(op)
+
+
+class _Segment:
+    """Consecutive ops at one resolution (a resampling op first, if any), fed consecutive input row bands; returns
+    its output rows as soon as a chunk of them is computable. The segment's context is the composition of its ops'
+    declared geometries: one copy of the input rows per segment, the context recomputed once per chunk."""
+
+    def __init__(self, ops: list[nn.Module], n_in: int, stats: Stats):
+        self.ops, self.n_in, self.stats = ops, n_in, stats
+        self.geos = [geometry(op) for op in ops]
+        self.up = math.prod(g.up for g in self.geos)
+        self.down = math.prod(g.down for g in self.geos)
+        self.pointwise = all(g.pointwise for g in self.geos)
+        n = n_in
+        for g in self.geos:
+            n = g.out_rows(n)
+        self.n_out = n
+        self.store: torch.Tensor | None = None  # input rows [start, received) in store[:, :, :received - start]
+        self.start = self.received = self.next_out = 0
+        self.min_rows = 1
+        self.cap = self.n_out
+
+    @property
+    def done(self) -> bool:
+        return self.next_out >= self.n_out
+
+    def needed(self, lo: int, hi: int) -> tuple[int, int]:
+        for g in reversed(self.geos):
+            lo, hi = g.needed(lo, hi)
+        return lo, hi
+
+    def _computable(self) -> int:
+        """End (exclusive) of the output rows whose input rows have all been received (needed() is monotonic)."""
+        if self.received >= self.n_in:
+            return self.n_out
+        lo, hi = self.next_out, self.n_out  # the answer lies in [lo, hi]
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self.needed(mid - 1, mid - 1)[1] <= self.received - 1:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    def _call(self, x: torch.Tensor, top: bool, bottom: bool) -> torch.Tensor:
+        for i, op in enumerate(self.ops):
+            if isinstance(op, FastStem):
+                x = op(x, top=top, bottom=bottom)
+            elif isinstance(op, FastBlock):  # the segment's own intermediates may be overwritten, not its input
+                x = op(x, overwrite=i > 0, stats=self.stats[id(op)] if op.pool is not None else None)
+            else:
+                x = op(x)
+        return x
+
+    def push(self, x: torch.Tensor | None, final: bool) -> torch.Tensor | None:
+        if self.pointwise:
+            self.next_out += 0 if x is None else x.shape[2]
+            return None if x is None else self._call(x.contiguous(memory_format=_CL), True, True)
+        if x is not None:
+            self._append(x)
+        end = min(self._computable(), self.next_out + self.cap)
+        if end <= self.next_out or (end - self.next_out < self.min_rows and end < self.n_out and not final):
+            return None
+        lo, hi = self.needed(self.next_out, end - 1)
+        first = max(0, lo) // self.down * self.down
+        last = min(self.n_in, -(-(hi + 1) // self.down) * self.down)
+        chunk = self.store[:, :, first - self.start: last - self.start]
+        y = self._call(chunk, first == 0, last == self.n_in)
+        offset = first * self.up // self.down
+        out = y[:, :, self.next_out - offset: end - offset]
+        self.next_out = end
+        keep = max(0, self.needed(end, end)[0]) // self.down * self.down  # the next output row's first input row
+        self._drop_before(min(keep, self.received))
+        return out
+
+    # The input rows live in one buffer per segment, reused across pushes: a fresh allocation of this size is a new
+    # mmap whose pages fault in each time, and torch.cat along rows of channels_last tensors is a slow copy.
+    def _append(self, x: torch.Tensor) -> None:
+        held, n = self.received - self.start, x.shape[2]
+        if self.store is None or held + n > self.store.shape[2]:
+            grown = torch.empty((x.shape[0], x.shape[1], 2 * (held + n), x.shape[3]), dtype=x.dtype, device=x.device,
+                                memory_format=_CL)
+            if held:
+                grown[:, :, :held] = self.store[:, :, :held]
+            self.store = grown
+        self.store[:, :, held: held + n] = x
+        self.received += n
+
+    def _drop_before(self, row: int) -> None:
+        cut, held = row - self.start, self.received - self.start
+        if cut <= 0:
+            return
+        left = held - cut
+        if left > 0:
+            rest = self.store[:, :, cut:held]
+            self.store[:, :, :left] = rest if cut >= left else rest.clone()  # overlapping copy needs a temporary
+        self.start = row
+
+
+class _Chain:
+    """The ops cut into segments, one per resolution level: a new segment starts at every resampling op."""
+
+    def __init__(self, ops: list[nn.Module], n_in: int, stats: Stats, width: int):
+        groups: list[list[nn.Module]] = []
+        for op in ops:
+            g = geometry(op)
+            if not groups or g.up != 1 or g.down != 1:
+                groups.append([])
+            groups[-1].append(op)
+        self.streams: list[_Segment] = []
+        n, w = n_in, width
+        for group in groups:
+            s = _Segment(group, n, stats)
+            w = w * s.up // s.down
+            row_bytes = w * max(_channels(op) for op in group) * 4
+            s.min_rows = max(MIN_CHUNK_ROWS, CHUNK_BYTES // max(1, row_bytes))
+            self.streams.append(s)
+            n = s.n_out
+        self.n_out = n
+
+    @property
+    def done(self) -> bool:
+        return all(s.done for s in self.streams)
+
+    def push(self, x: torch.Tensor | None, final: bool) -> torch.Tensor | None:
+        for s in self.streams:
+            x = s.push(x, final)
+            final = final and s.done
+        return x
+
+    def set_cap(self, fraction: float) -> None:
+        for s in self.streams:
+            s.cap = max(s.min_rows, 2 * math.ceil(fraction * s.n_out))
+
+
+def _channels(op: nn.Module) -> int:
+    for name in ("conv1", "conv3", "conv"):
+        sub = getattr(op, name, None)
+        if sub is not None and hasattr(sub, "weight"):
+            return sub.weight.shape[0]
+    w = getattr(op, "weight", None)
+    return w.shape[0] if w is not None else 64
+
+
+def _run(chain: _Chain, bands: Iterable[torch.Tensor], fraction: float) -> Iterator[torch.Tensor]:
+    chain.set_cap(fraction)
+    for band in bands:
+        out = chain.push(band, False)
+        if out is not None:
+            yield out
+    while not chain.done:
+        out = chain.push(None, True)
+        if out is not None:
+            yield out
+
+
+def _collect(bands: Iterable[torch.Tensor], rows: int) -> torch.Tensor:
+    out, at = None, 0
+    for band in bands:
+        if out is None:
+            out = torch.empty((band.shape[0], band.shape[1], rows, band.shape[3]), dtype=band.dtype, device=band.device,
+                              memory_format=_CL)
+        out[:, :, at: at + band.shape[2]] = band
+        at += band.shape[2]
+    if out is None or at != rows:  # a bug, never a user error
+        raise RuntimeError(f"internal error: streamed run produced {at} rows, expected {rows}")
+    return out
+
+
+def _gn_stats(ops: list[nn.Module], x: torch.Tensor, rows: int) -> Stats:
+    """Whole-image (mean, rstd) of every GroupNorm in `ops`, in order, each from a streamed pass over x."""
+    stats: Stats = {}
+    for j, op in enumerate(ops):
+        if not (isinstance(op, FastBlock) and op.pool is not None):
+            continue
+        c = op.pool_in.weight.shape[0]
+        g = op.gn_groups
+        s1 = torch.zeros(x.shape[0], c, dtype=torch.float64, device=x.device)
+        s2 = torch.zeros_like(s1)
+        count = 0
+        chain = _Chain(ops[:j], x.shape[2], stats, x.shape[3])
+        for band in _run(chain, x.split(rows, dim=2), rows / x.shape[2]):
+            h = op.pool_in(band.contiguous(memory_format=_CL)).double()
+            s1 += h.sum((2, 3))
+            s2 += h.square().sum((2, 3))
+            count += h.shape[2] * h.shape[3]
+        per = count * (c // g)
+        mean = s1.view(-1, g, c // g).sum(-1) / per
+        var = (s2.view(-1, g, c // g).sum(-1) / per - mean.square()).clamp_min(0)
+        stats[id(op)] = (mean, torch.rsqrt(var + op.gn_eps))
+    return stats
+
+
+def stream_apply(net: FastNet, bands: Iterable[torch.Tensor], height: int, width: int,
+                 band_rows: int) -> Iterator[torch.Tensor]:
+    """Run `net` on an input given as consecutive row bands (B, C, rows, width) in the net's dtype; yield output
+    row bands (channels_last). `band_rows`: the input rows per band the caller uses (sets the output granularity)."""
+    prepare: Callable[[torch.Tensor], torch.Tensor] = (lambda t: torch.tanh(t / 3) * 3) if net.clamp else (lambda t: t)
+    ops = ops_of(net)
+    cut = next((i for i, op in enumerate(ops) if geometry(op).global_stats), len(ops))
+    fraction = band_rows / height
+    with torch.no_grad():
+        head = _Chain(ops[:cut], height, {}, width)
+        prepared = (prepare(b) for b in bands)
+        if cut == len(ops):
+            yield from _run(head, prepared, fraction)
+            return
+        mid = _collect(_run(head, prepared, fraction), head.n_out) if cut else \
+            _collect(prepared, height).contiguous(memory_format=_CL)
+        rows = max(1, math.ceil(fraction * mid.shape[2]))
+        stats = _gn_stats(ops[cut:], mid, rows)
+        tail = _Chain(ops[cut:], mid.shape[2], stats, mid.shape[3])
+        yield from _run(tail, mid.split(rows, dim=2), rows / mid.shape[2])
+
+
+def tiled_apply(net: FastNet, x: torch.Tensor, band_rows: int) -> torch.Tensor:
+    """Exact banded equivalent of `net(x)` (up to the kernels' rounding), x (B, C, H, W) in the net's dtype."""
+    n_out = height_out(net, x.shape[2])
+    return _collect(stream_apply(net, x.split(band_rows, dim=2), x.shape[2], x.shape[3], band_rows), n_out) \
+        .contiguous()
+
+
+def height_out(net: FastNet, height: int) -> int:
+    for op in ops_of(net):
+        height = geometry(op).out_rows(height)
+    return height
+
+
+def describe(net: FastNet) -> list[dict[str, Any]]:
+    """Each op with its declared geometry (for docs and debugging)."""
+    out = []
+    for op in ops_of(net):
+        g: Geometry = geometry(op)
+        out.append({"op": type(op).__name__, "up": g.up, "down": g.down, "before": g.before, "after": g.after,
+                    "global_stats": g.global_stats})
+    return out

@@ -1,0 +1,147 @@
+"""The layer declarations (tinyae.layers) and the executors that read them compose: optimize() with tiling in
+either order, streamed PNG decode/encode on the fast kernels, the declared geometry against the real layers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from tinyae import AutoencoderTiny, fast_stream
+from tinyae.blocks import Block
+from tinyae.layers import geometry
+from tinyae.runtime import FastBlock, FastConv, FastStem, FastUpsampleConv
+from tinyae.tiling import decode_to_png, encode_png, to_uint8
+
+PRECISIONS = ["fp32"] + (["bf16"] if torch.ops.mkldnn._is_mkldnn_bf16_supported() else [])
+
+
+def _model(gn: bool, stem: bool, seed: int) -> AutoencoderTiny:
+    torch.manual_seed(seed)
+    kw = dict(encoder_block_out_channels=(16, 16, 16, 16), decoder_block_out_channels=(16, 16, 16, 16),
+              latent_channels=4, use_midblock_gn=gn)
+    if stem:  # taesana-like: stride-2 stem, 32x
+        kw.update(encoder_stem_channels=(8, 16), decoder_block_out_channels=(16, 16, 16, 16, 16, 16),
+                  num_decoder_blocks=(1, 1, 1, 1, 1, 1))
+    m = AutoencoderTiny(**kw).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.mul_(1.5)  # livelier activations than the default init
+    return m
+
+
+def _rows_read(fn, x: torch.Tensor, out_row: int) -> set[int]:
+    """Input rows whose perturbation changes output row `out_row` of fn(x)."""
+    base = fn(x)
+    rows = set()
+    for r in range(x.shape[2]):
+        y = x.clone()
+        y[:, :, r] += 1.0
+        if not torch.allclose(fn(y)[:, :, out_row], base[:, :, out_row], atol=0, rtol=0):
+            rows.add(r)
+    return rows
+
+
+@settings(max_examples=30, deadline=None)
+@given(k=st.sampled_from([1, 3, 5]), s=st.sampled_from([1, 2]), data=st.data())
+def test_conv_geometry_is_what_the_convolution_does(k, s, data):
+    p = data.draw(st.integers(0, k // 2))
+    conv = nn.Conv2d(2, 2, k, stride=s, padding=p, bias=False)
+    g = geometry(conv)
+    n = data.draw(st.integers(k, 12))
+    x = torch.randn(1, 2, n, 6, dtype=torch.float64)
+    conv = conv.double()
+    with torch.no_grad():
+        out = conv(x)
+        assert g.out_rows(n) == out.shape[2]
+        r = data.draw(st.integers(0, out.shape[2] - 1))
+        lo, hi = g.needed(r, r)
+        assert _rows_read(conv, x, r) <= set(range(lo, hi + 1))
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_fast_op_geometry_covers_what_the_op_reads(fused):
+    torch.manual_seed(0)
+    dtype = torch.float64 if not fused else torch.float32
+    conv = nn.Conv2d(16, 16, 3, padding=1)
+    block = Block(16, 16)
+    stem_conv = nn.Conv2d(2, 16, 3, padding=1)
+    ops = [FastConv.of(conv, True, dtype, fused), FastBlock(block, dtype, fused),
+           FastUpsampleConv(conv, True, dtype, fused), FastStem(stem_conv, block, dtype, fused)]
+    for op in ops:
+        g = geometry(op)
+        c = 2 if isinstance(op, FastStem) else 16
+        x = torch.randn(1, c, 14, 9, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            for r in (0, 5, g.out_rows(14) - 1):
+                lo, hi = g.needed(r, r)
+                assert _rows_read(op, x, r) <= set(range(lo, hi + 1)), type(op).__name__
+
+
+@settings(max_examples=12, deadline=None)
+@given(gn=st.booleans(), stem=st.booleans(), seed=st.integers(0, 99), band=st.integers(1, 5),
+       h=st.integers(1, 5), w=st.integers(1, 3), tiny_chunks=st.booleans(), precision=st.sampled_from(PRECISIONS),
+       tiling_first=st.booleans())
+def test_optimize_and_tiling_compose(gn, stem, seed, band, h, w, tiny_chunks, precision, tiling_first):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fast_stream, "MIN_CHUNK_ROWS", 1 if tiny_chunks else 32)
+        mp.setattr(fast_stream, "CHUNK_BYTES", 1 if tiny_chunks else 16 << 20)
+        _check_composition(gn, stem, seed, band, h, w, precision, tiling_first)
+
+
+def _check_composition(gn, stem, seed, band, h, w, precision, tiling_first):
+    m = _model(gn, stem, seed)
+    f = m.spatial_scale_factor
+    x = torch.rand(1, 3, h * f, w * f) * 2 - 1
+    z = torch.randn(1, 4, h, w)
+    fast = m.optimize(precision)
+    want_enc, want_dec = fast.encode(x).latents, fast.decode(z).sample
+    if tiling_first:
+        m.enable_tiling(band_rows=band)
+        tiled = m.optimize(precision)
+        m.disable_tiling()
+    else:
+        tiled = m.optimize(precision)
+        tiled.enable_tiling(band_rows=band)
+    got_enc, got_dec = tiled.encode(x).latents, tiled.decode(z).sample
+    if precision == "fp32":
+        eager_enc, eager_dec = m.encode(x).latents, m.decode(z).sample
+        for got, want in ((got_enc, eager_enc), (got_dec, eager_dec)):
+            assert (got - want).abs().max() <= 1e-5 * max(1.0, want.abs().max().item())
+    else:  # the same function as in-memory optimized, within bf16 rounding
+        for got, want in ((got_enc, want_enc), (got_dec, want_dec)):
+            err = (got - want).abs().max().item()
+            assert err <= 0.05 * max(1.0, want.abs().max().item()), err
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_streamed_png_runs_the_fast_kernels(taef2, astronaut, tmp_path, precision):
+    fast = taef2.optimize(precision)
+    x = astronaut[:, :, :128, :192]
+    z = fast.encode(x).latents
+    want = to_uint8(fast.decode(z).sample)[0].numpy()
+    decode_to_png(fast, z, tmp_path / "d.png", band_rows=3)
+    got = np.asarray(Image.open(tmp_path / "d.png"))
+    diff = np.abs(got.astype(int) - want.astype(int))
+    if precision == "fp32":
+        assert diff.max() <= 1 and (diff > 0).mean() < 0.01
+    else:  # bf16 outputs are rounded to 8 bits of mantissa: pixels flip by a level or two, PSNR stays high
+        assert 10 * np.log10(255 ** 2 / np.mean(diff.astype(float) ** 2)) >= 45
+    Image.fromarray(to_uint8(x)[0].numpy()).save(tmp_path / "x.png")
+    zs = encode_png(fast, tmp_path / "x.png", band_rows=2)
+    ref = fast.encode(torch.from_numpy(np.array(Image.open(tmp_path / "x.png"))).permute(2, 0, 1)[None].float()
+                      / 127.5 - 1).latents
+    assert (zs - ref).abs().max() <= (1e-5 if precision == "fp32" else 0.1)
+
+
+def test_fast_stream_groupnorm_statistics_match_the_whole_image(taef2, astronaut):
+    fast = taef2.optimize("fp32")
+    x = astronaut[:, :, :256, :256]
+    z = fast.encode(x).latents
+    fast.enable_tiling(band_rows=1)
+    assert (fast.decode(z).sample - taef2.decode(z).sample).abs().max() <= 1e-5
+    assert (fast.encode(x).latents - taef2.encode(x).latents).abs().max() <= 1e-5
