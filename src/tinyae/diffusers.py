@@ -299,6 +299,18 @@ def _to_pil(x: torch.Tensor) -> list[Image.Image]:
 _ANIMATION_FORMATS = {".gif": "GIF", ".webp": "WEBP"}
 
 
+def _fast_copy(model: Any, optimize: bool | str) -> Any:
+    """An optimized copy of a tinyae model for previews (`optimize`: True for "auto", or a precision name), or
+    the model itself where it cannot be optimized (another kind of model, a device optimize() does not run on)."""
+    if optimize is False or not isinstance(model, _model.AutoencoderTiny) or model.decoder is None:
+        return model
+    from .runtime import OptimizedAutoencoderTiny, explain_precision
+
+    if isinstance(model, OptimizedAutoencoderTiny) or explain_precision(model.device)[0] == "exact":
+        return model
+    return model.optimize("auto" if optimize is True else optimize)
+
+
 class LivePreview:
     """A `callback_on_step_end` that decodes each step's denoised estimate with a TAE.
 
@@ -318,6 +330,10 @@ class LivePreview:
     off (`self.enabled`); `strict=True` raises instead. Bad arguments, and with `pipe`/`family` given, a model of
     the wrong family, raise ValueError at construction.
 
+    `optimize` (default True): decode with `model.optimize()` ("auto" precision, >= 40 dB against fp32; a
+    precision name picks one), a copy made once here, so later changes to the model's weights are not seen;
+    False decodes with `model` itself (diffusers' exact function). `self.model` is what decodes.
+
     `height`/`width` (image pixels) are needed for non-square FLUX / FLUX.2 images, whose packed tokens do not say
     the aspect ratio; without them the token grid is taken as square.
     """
@@ -327,7 +343,7 @@ class LivePreview:
                  save_dir: str | os.PathLike | None = None, animation: str | os.PathLike | None = None,
                  contact_sheet: str | os.PathLike | None = None, frame_ms: int = 100, tile: int = 256,
                  columns: int | None = None, height: int | None = None, width: int | None = None,
-                 keep_frames: bool = True, strict: bool = False):
+                 keep_frames: bool = True, strict: bool = False, optimize: bool | str = True):
         if not callable(getattr(model, "decode", None)) or not hasattr(getattr(model, "config", None),
                                                                         "latent_channels"):
             raise ValueError(f"model must be a tinyae AutoencoderTiny, got {type(model).__name__}")
@@ -353,7 +369,10 @@ class LivePreview:
             raise ValueError("an animation or contact sheet is made of the kept frames: keep_frames must be True")
         if contact_sheet is not None and Path(contact_sheet).suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
             raise ValueError(f"contact_sheet must be a .png, .jpg or .webp path, got {str(contact_sheet)!r}")
-        self.model = model
+        if not isinstance(optimize, (bool, str)):
+            raise ValueError(f"optimize must be True, False or a precision name, got {optimize!r}")
+        self.source_model = model
+        self.model = _fast_copy(model, optimize)
         self.every, self.mode, self.on_frame, self.strict = every, mode, on_frame, strict
         self.save_dir = Path(save_dir) if save_dir is not None else None
         self.animation = Path(animation) if animation is not None else None

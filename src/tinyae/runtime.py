@@ -90,6 +90,19 @@ def resolve_precision(precision: str, device: torch.device | str) -> torch.dtype
     return dtype
 
 
+def explain_precision(device: torch.device | str = "cpu") -> tuple[str, str]:
+    """(what precision="auto" resolves to on `device`, why), e.g. ("bf16", "CPU with avx512_bf16")."""
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return "fp16", f"CUDA device {torch.cuda.get_device_name(torch.device(device))}"
+    if kind != "cpu":
+        return "exact", f"optimize() supports CPU and CUDA, not {kind}"
+    fast = sorted(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    if fast and torch.backends.mkldnn.is_available():
+        return "bf16", f"CPU with {' and '.join(fast)} (bfloat16 in hardware; >= 40 dB against fp32 on real photos)"
+    return "fp32", "CPU without AVX512-BF16 or AMX (bfloat16 would be emulated and slower)"
+
+
 def _fused_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
 
