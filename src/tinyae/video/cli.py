@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..cli import MODEL_ENV, CliError, Job, Reporter, check_output_folder, finish, handle_existing
+from ..cli import MODEL_ENV, CliError, Job, Reporter, check_output_folder, finish, handle_existing, plan_outputs
 from ..images import psnr, ssim
 from ..weights import WeightsError, atomic_write
 from .io import VIDEO_SUFFIXES, VideoError, frame_files, is_video_path, probe, read_frames, write_frames
@@ -126,14 +126,6 @@ def collect_videos(paths: list[str]) -> list[Job]:
     return jobs
 
 
-def _outputs(jobs: list[Job], out: Path, suffix: str, known: tuple[str, ...]) -> Path:
-    todo = [j for j in jobs if j.status == "todo"]
-    single = len(jobs) == 1 and out.suffix.lower() in known
-    for j in todo:
-        j.output = out if single else out / (j.input.name.split(".")[0] + suffix)
-    return out.parent if single else out
-
-
 def _to_tensor(a: np.ndarray, model: Any) -> torch.Tensor:
     return torch.from_numpy(a).permute(2, 0, 1)[None].to(model.device, model.dtype) / 255 * 2 - 1
 
@@ -173,7 +165,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
     rep, started = Reporter(args.json), time.perf_counter()
     jobs = collect_videos(args.inputs)
-    check_output_folder(_outputs(jobs, Path(args.output), ".safetensors", (".safetensors",)))
+    check_output_folder(plan_outputs(jobs, Path(args.output), lambda p: p.stem + ".safetensors", (".safetensors",)))
     handle_existing(jobs, args.force, args.resume)
     model = load_video_model(args, args.model or os.environ.get(MODEL_ENV))
 
@@ -213,7 +205,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
     rep, started = Reporter(args.json), time.perf_counter()
     jobs = [Job(Path(p)) if Path(p).is_file() else Job(Path(p), status="failed", error=f"{p}: no such file")
             for p in args.inputs]
-    check_output_folder(_outputs(jobs, Path(args.output), ".mp4", tuple(VIDEO_SUFFIXES)))
+    check_output_folder(plan_outputs(jobs, Path(args.output), lambda p: p.stem + ".mp4", tuple(VIDEO_SUFFIXES)))
     handle_existing(jobs, args.force, args.resume)
     model = load_video_model(args, args.model or os.environ.get(MODEL_ENV))
 
@@ -245,7 +237,7 @@ def cmd_roundtrip(args: argparse.Namespace) -> int:
     rep, started = Reporter(args.json), time.perf_counter()
     jobs = collect_videos(args.inputs)
     if args.output:
-        check_output_folder(_outputs(jobs, Path(args.output), ".decoded.mp4", ()))
+        check_output_folder(plan_outputs(jobs, Path(args.output), lambda p: p.stem + ".decoded.mp4", ()))
         handle_existing(jobs, args.force, args.resume)
     model = load_video_model(args, args.model or os.environ.get(MODEL_ENV))
     if model.config.frames.keep_all_for_even_latents:
