@@ -12,9 +12,14 @@ from .weights import WeightsError
 from .codec import load_latents, save_latents
 from .images import EncodedImage, ImageError, decode_latents, encode_images
 
+# Video (tinyae.video)
+from .video import AutoencoderTinyVideo
+
 __all__ = [
     "AutoencoderTiny", "AutoencoderTinyOutput", "DecoderOutput", "MissingPartError", "TinyConfig", "VARIANTS",
     "WeightsError", "get_variant", "scale_latents", "unscale_latents", "__version__",
     # image and latent I/O
     "EncodedImage", "ImageError", "decode_latents", "encode_images", "load_latents", "save_latents",
+    # video
+    "AutoencoderTinyVideo",
 ]

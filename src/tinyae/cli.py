@@ -404,7 +404,16 @@ def _kb(n: int) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- commands
+def _video(command: str, args: argparse.Namespace) -> int | None:
+    """Videos and video models are handled by tinyae.video.cli; None for images."""
+    from .video import cli as video_cli
+
+    return video_cli.run(command, args) if video_cli.wants_video(command, args) else None
+
+
 def cmd_encode(args: argparse.Namespace) -> int:
+    if (rc := _video("encode", args)) is not None:
+        return rc
     from .codec import save_latents
     from .images import IMAGE_SUFFIXES, encode_images, read_image
 
@@ -477,6 +486,8 @@ def _latent_stem(p: Path) -> str:
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
+    if (rc := _video("decode", args)) is not None:
+        return rc
     from .codec import load_latents, read_metadata
     from .images import check_channels, decode_latents
 
@@ -552,6 +563,8 @@ def save_image(im: Any, path: Path, fmt: str, quality: int = 95) -> None:
 
 
 def cmd_roundtrip(args: argparse.Namespace) -> int:
+    if (rc := _video("roundtrip", args)) is not None:
+        return rc
     import io
 
     from PIL import Image
@@ -704,6 +717,8 @@ def _latent_info(path: Path) -> dict[str, Any] | None:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    if (rc := _video("info", args)) is not None:
+        return rc
     from .model import AutoencoderTiny
     from .variants import VARIANTS, variant_config
     from .weights import WeightsError, identify, sha256_file

@@ -1,0 +1,83 @@
+"""Executors of the video layer lists: parallel over time, and frame by frame (streaming).
+
+Both read only each layer's declared `Geometry` (tinyae.video.layers): a layer with `memory` gets its own input at
+the previous frame (zeros at the first), a `t_stride` layer gathers that many consecutive frames, a `t_scale` layer
+turns one frame into that many. Tensors are (N, T, C, H, W) for `run_parallel` and (N, C, H, W) frames for
+`FrameStream`; what the values mean (images in [0, 1], latents) is the caller's business.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .layers import geometry
+
+
+def _previous(h: torch.Tensor, n: int) -> torch.Tensor:
+    """Each frame's predecessor in (N*T, ...) layout; zeros before the first."""
+    v = h.view(n, -1, *h.shape[1:])
+    return torch.cat([torch.zeros_like(v[:, :1]), v[:, :-1]], 1).flatten(0, 1)
+
+
+def run_parallel(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """Apply `layers` to all T frames at once (fast, memory O(T)). x: (N, T, C, H, W) -> (N, T', C', H', W')."""
+    n = x.shape[0]
+    h = x.flatten(0, 1)
+    for layer in layers:
+        g = geometry(layer)
+        if g.memory:
+            h = layer(h, _previous(h, n))
+            continue
+        if g.t_stride > 1 and (h.shape[0] // n) % g.t_stride:
+            raise ValueError(f"{type(layer).__name__} pools {g.t_stride} frames; got {h.shape[0] // n}, "
+                             "not a multiple (pad the input first)")
+        h = layer(h)
+    return h.view(n, -1, *h.shape[1:])
+
+
+class FrameStream:
+    """Apply `layers` one frame at a time, holding only each layer's state (memory O(1) in the number of frames).
+
+    `push(frame)` returns the output frames that frame completes (none while a pooling layer is still gathering,
+    several after a temporal upscale), in order; their concatenation equals `run_parallel` on all frames pushed.
+    """
+
+    def __init__(self, layers: nn.Sequential):
+        self.layers = layers
+        self.geometries = [geometry(layer) for layer in layers]
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget all state: the next frame is a first frame."""
+        self._past: dict[int, torch.Tensor] = {}
+        self._gathered: dict[int, list[torch.Tensor]] = {}
+
+    @property
+    def pending(self) -> int:
+        """Frames held by pooling layers, waiting for their group to complete."""
+        return sum(len(v) for v in self._gathered.values())
+
+    def push(self, frame: torch.Tensor) -> list[torch.Tensor]:
+        """frame: (N, C, H, W). Returns the completed output frames, each (N, C', H', W')."""
+        return self._run(0, frame)
+
+    def _run(self, start: int, x: torch.Tensor) -> list[torch.Tensor]:
+        for i in range(start, len(self.layers)):
+            layer, g = self.layers[i], self.geometries[i]
+            if g.memory:
+                past = self._past.get(i)
+                x, self._past[i] = layer(x, torch.zeros_like(x) if past is None else past), x
+            elif g.t_stride > 1:
+                group = self._gathered.setdefault(i, [])
+                group.append(x)
+                if len(group) < g.t_stride:
+                    return []
+                self._gathered[i] = []
+                x = layer(torch.stack(group, 1).flatten(0, 1))
+            elif g.t_scale > 1:
+                y = layer(x).view(x.shape[0], g.t_scale, -1, *x.shape[2:])
+                return [out for k in range(g.t_scale) for out in self._run(i + 1, y[:, k])]
+            else:
+                x = layer(x)
+        return [x]

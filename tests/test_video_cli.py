@@ -1,0 +1,86 @@
+"""Video I/O (PyAV: mp4, webm, gif, frame folders) and `tinyae encode|decode|roundtrip|info` on videos."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import reference_video as ref
+from tinyae.cli import main
+from tinyae.video.io import VideoError, probe, read_frames, write_frames
+
+torch.set_num_threads(1)
+
+
+def _frames(n: int = 6, h: int = 16, w: int = 24) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (h, w, 3)).astype(np.float64)
+    return [np.clip(base + 8 * i, 0, 255).astype(np.uint8) for i in range(n)]
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".webm", ".gif", ""])
+def test_video_io_roundtrip(tmp_path, suffix):
+    frames = _frames()
+    path = tmp_path / f"v{suffix}"
+    assert write_frames(path, iter(frames), fps=8) == 6
+    back = list(read_frames(path))
+    assert len(back) == 6 and back[0].shape == (16, 24, 3)
+    info = probe(path)
+    assert (info.width, info.height) == (24, 16)
+    if suffix == "":  # PNG frames are exact
+        assert all((a == b).all() for a, b in zip(frames, back))
+
+
+def test_video_io_errors(tmp_path):
+    with pytest.raises(VideoError, match="no such file"):
+        list(read_frames(tmp_path / "missing.mp4"))
+    (tmp_path / "bad.mp4").write_bytes(b"not a video")
+    with pytest.raises(VideoError, match="cannot read"):
+        list(read_frames(tmp_path / "bad.mp4"))
+    with pytest.raises(VideoError, match="unknown video suffix"):
+        write_frames(tmp_path / "x.avi2", iter(_frames()))
+    with pytest.raises(VideoError, match="even width"):
+        write_frames(tmp_path / "odd.mp4", iter([np.zeros((15, 16, 3), np.uint8)]))
+    assert not (tmp_path / "odd.mp4").exists()  # nothing half-written
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    p = tmp_path_factory.mktemp("vm") / "taew2_1.pth"
+    torch.save(ref.random_weights(ref.SPECS["taew2_1"], seed=3), p)
+    return p
+
+
+def test_cli_encode_decode_roundtrip_info(tmp_path, model_file, capsys):
+    video = tmp_path / "in.mp4"
+    write_frames(video, iter(_frames(10)), fps=8)
+    m = str(model_file)
+    assert main(["encode", str(video), "-o", str(tmp_path / "lat"), "-m", m, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["files"][0]["latent_shape"] == [1, 16, 3, 2, 3] and doc["files"][0]["frames"] == 10
+    lat = tmp_path / "lat" / "in.safetensors"
+    # the latents file says it is a video's: decode picks the video path from it
+    assert main(["decode", str(lat), "-o", str(tmp_path / "frames"), "-m", m]) == 0
+    assert len(list(read_frames(tmp_path / "frames" / "in.mp4"))) == 9  # 3 latents -> 4*3-3 frames
+    assert main(["decode", str(lat), "-o", str(tmp_path / "out.gif"), "-m", m]) == 0
+    assert len(list(read_frames(tmp_path / "out.gif"))) == 9
+    capsys.readouterr()
+    assert main(["roundtrip", str(video), "-m", m, "--json"]) == 0
+    f = json.loads(capsys.readouterr().out)["files"][0]
+    assert f["compared"] == 9 and len(f["per_frame"]["psnr"]) == 9
+    assert f["psnr_mean"] > 0 and 0 <= f["flicker"] < 1 and "ssim_mean" in f
+    assert main(["info", m, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["kind"] == "video" and info["variant"] == "taew2_1" and info["frames_for_latents"]["21"] == 81
+
+
+def test_cli_video_errors(tmp_path, model_file, capsys):
+    video = tmp_path / "odd.mp4"
+    write_frames(video, iter(_frames(3, 16, 20)), fps=8)
+    assert main(["encode", str(video), "-o", str(tmp_path / "lat"), "-m", str(model_file)]) == 1
+    assert "not a multiple of 8" in capsys.readouterr().err
+    assert main(["encode", str(video), "-o", str(tmp_path / "lat"), "-m", "taew2_1"]) == 1
+    assert "give the weights file" in capsys.readouterr().err
