@@ -81,7 +81,9 @@ def test_live_preview_decodes_with_an_optimized_copy(taef2):
     if explain_precision("cpu")[0] != "exact":
         assert isinstance(preview.model, OptimizedAutoencoderTiny) and preview.source_model is taef2
     assert LivePreview(taef2, optimize=False).model is taef2
-    z = torch.randn(1, 32, 8, 8)
+    from tinyae.latents import pack_flux2
+
+    z = pack_flux2(torch.randn(1, 32, 16, 16))  # the pipeline tokens
     frame = preview.decode(z)
     exact = LivePreview(taef2, family="flux2", optimize=False).decode(z)
     assert psnr(np.asarray(frame.image), np.asarray(exact.image)) >= 40
