@@ -79,11 +79,14 @@ def open_job(out: Path, spec: JobSpec, source: Source) -> tuple[JobSpec, dict[in
         recorded = read_manifest(out)
         check_same_job(recorded, spec, out)
         spec.shard_size = int(recorded["shard_size"])  # the plan's; a different --shard-size would reshuffle rows
-    elif out.exists() and any(out.iterdir()):
-        raise DatasetError(f"{out}: exists and is not a tinyae latent dataset; choose an empty or new folder")
+    elif out.exists():
+        for stale in out.glob(f".{MANIFEST}.*.tmp"):  # a run killed while writing its first manifest
+            stale.unlink()
+        if any(out.iterdir()):
+            raise DatasetError(f"{out}: exists and is not a tinyae latent dataset; choose an empty or new folder")
     out.mkdir(parents=True, exist_ok=True)
-    (out / SHARDS).mkdir(exist_ok=True)
     write_json(out / MANIFEST, {**spec.to_dict(), "source": source.describe()})
+    (out / SHARDS).mkdir(exist_ok=True)
     old = read_plan(out)
     plan = assign(items, old, spec.shard_size)
     if plan != old:
@@ -174,7 +177,7 @@ def _remove_shard(out: Path, shard: int, marker: dict[str, Any]) -> None:
 
 def clean_temporaries(out: Path) -> None:
     """Remove what a killed run left half-written (atomic_write's temporaries)."""
-    for stale in (Path(out) / SHARDS).glob(".*.tmp"):
+    for stale in [*Path(out).glob(".*.tmp"), *(Path(out) / SHARDS).glob(".*.tmp")]:
         stale.unlink(missing_ok=True)
 
 
