@@ -157,7 +157,7 @@ class ShardWorker:
 
         for _ in items:
             p = next(stream)
-            done[p.item.key] = p
+            done[p.item.key] = Prepared(p.item, p.sha256, error=p.error)  # without its pixels (memory)
             for key, x, record in p.variants:
                 waiting.setdefault(tuple(x.shape), []).append((p, key, x, record))
                 if len(waiting[tuple(x.shape)]) >= self.batch_size:

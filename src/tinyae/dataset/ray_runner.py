@@ -3,8 +3,8 @@
 Each planned shard is one input row of a Ray Dataset; `map_batches` hands shards to `_ShardEncoder` actors
 (`compute=ray.data.ActorPoolStrategy(size=workers)`, `num_gpus` per actor where GPUs exist), and each actor runs
 the very `ShardWorker` the local runner uses, writing the shard and its marker into OUT (which must be a folder
-every node sees: a shared filesystem). Ray restarts a killed actor and retries its task (`max_restarts=-1`,
-`max_task_retries=-1`); a retried shard is rewritten whole, atomically, so every row is there exactly once.
+every node sees: a shared filesystem). Ray restarts a killed actor and retries its task (Ray Data 2.60's
+defaults for actor pools: `max_restarts=-1`, `max_task_retries=-1`); a retried shard is rewritten whole, atomically, so every row is there exactly once.
 """
 
 from __future__ import annotations
@@ -61,7 +61,8 @@ def run_on_ray(out: Path, source: Source, spec: JobSpec, pre: Preprocess, model:
             fn_constructor_kwargs={"out": str(Path(out).resolve()), "source": source, "spec": spec, "pre": pre,
                                    "model": model, "optimize": optimize, "batch_size": batch_size,
                                    "threads": threads},
-            num_cpus=threads, num_gpus=num_gpus or None, max_restarts=-1, max_task_retries=-1)
+            num_cpus=threads, num_gpus=num_gpus or None)  # Ray 2.60's actor pools default to max_restarts=-1 and
+        # max_task_retries=-1 (passing them goes through the deprecated **ray_remote_args)
         for row in ds.iter_rows():
             if on_progress is not None:
                 on_progress(int(row["images"]))
