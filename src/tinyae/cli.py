@@ -20,7 +20,8 @@ from typing import Any, Callable, Sequence
 
 DEFAULT_MODEL = "taef2"
 MODEL_ENV = "TINYAE_MODEL"
-FORWARDED = {"bench": ("tinyae.bench", "main"), "export-onnx": ("tinyae.runtime", "export_onnx_main")}
+FORWARDED = {"bench": ("tinyae.bench", "main"), "export-onnx": ("tinyae.runtime", "export_onnx_main"),
+             "encode-dataset": ("tinyae.dataset.cli", "main"), "decode-dataset": ("tinyae.dataset.cli", "decode_main")}
 LATENT_FORMATS = {"safetensors": ".safetensors", "png": ".latent.png"}
 IMAGE_FORMATS = {"png": ".png", "jpg": ".jpg", "webp": ".webp"}
 
@@ -909,6 +910,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("bench", help="benchmarks (tinyae bench --help)", add_help=False)
     sub.add_parser("export-onnx", help="export to ONNX (tinyae export-onnx --help)", add_help=False)
+    sub.add_parser("encode-dataset", help="image collection -> latent shards (resumable; --help)", add_help=False)
+    sub.add_parser("decode-dataset", help="latent shards -> images, for spot checks (--help)", add_help=False)
     return p
 
 

@@ -15,6 +15,7 @@ What happens to each kind of image (documented in docs/cli.md):
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,15 +67,20 @@ class EncodedImage:
 
 
 # ---------------------------------------------------------------------------------------------- reading
-def read_image(path: str | os.PathLike) -> Image.Image:
-    """Open an image file fully (EXIF orientation applied). Raises ImageError for a missing or non-image file."""
-    path = Path(path)
-    if not path.exists():
-        raise ImageError(f"{path}: no such file")
-    if path.is_dir():
-        raise ImageError(f"{path}: is a folder, expected an image file")
+def read_image(path: str | os.PathLike | bytes, name: str | None = None) -> Image.Image:
+    """Open an image file, or an encoded image held in `bytes` (named `name` in errors), fully (EXIF orientation
+    applied). Raises ImageError for a missing or non-image file."""
+    if isinstance(path, (bytes, bytearray, memoryview)):
+        source: Any = io.BytesIO(path)
+        path = Path(name or "<bytes>")
+    else:
+        path = source = Path(path)
+        if not path.exists():
+            raise ImageError(f"{path}: no such file")
+        if path.is_dir():
+            raise ImageError(f"{path}: is a folder, expected an image file")
     try:
-        with Image.open(path) as im:
+        with Image.open(source) as im:
             im.load()
             return ImageOps.exif_transpose(im)
     except UnidentifiedImageError:
