@@ -92,7 +92,8 @@ def test_bench_runs_every_contestant_on_a_tiny_model():
     results = run_bench(model, [64], repeats=1, warmup=0, log=lambda s: None)
     rows = {(r["contestant"], r["op"]) for r in results["rows"]}
     assert {c for c, _ in rows} == {"diffusers fp32", "tinyae fp32", "tinyae optimized fp32", "tinyae optimized",
-                                   "onnxruntime fp32", "tinyae optimized (full model)"}
+                                   "onnxruntime fp32", "openvino fp32", "openvino bf16",
+                                   "tinyae optimized (full model)"}
     assert results["model"]["stripped_groupnorm"] and set(results["ceiling_gflops"]) == {"fp32", "bf16"}
     assert set(results["ceiling_by_size"]["64"]) == set(results["ceiling_alone_gflops"]) == {"fp32", "bf16"}
     for r in results["rows"]:

@@ -134,7 +134,7 @@ def machine_info() -> dict[str, Any]:
             "torch": torch.__version__, "python": platform.python_version()}
     if hasattr(os, "getloadavg"):
         info["load_average_start"] = [round(v, 2) for v in os.getloadavg()]
-    for mod in ("diffusers", "onnxruntime"):
+    for mod in ("diffusers", "onnxruntime", "openvino"):
         try:
             info[mod] = __import__(mod).__version__
         except ImportError:
@@ -188,6 +188,12 @@ def _photo(size: int, channels: int = 3) -> torch.Tensor:
     return F.interpolate(small, size=(size, size), mode="bilinear", align_corners=True) * 2 - 1
 
 
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
 def run_bench(model: AutoencoderTiny, sizes: Sequence[int], repeats: int, warmup: int, device: str = "cpu",
               contestants: Sequence[str] | None = None, batch: int = 1, log: Callable[[str], None] = print,
               cold: bool = False) -> dict[str, Any]:
@@ -206,7 +212,8 @@ def run_bench(model: AutoencoderTiny, sizes: Sequence[int], repeats: int, warmup
     half = torch.float16
     all_names = (["diffusers fp16", "tinyae fp16 eager", "tinyae optimized fp16", "tinyae optimized fp16 + compile"]
                  if cuda else
-                 ["diffusers fp32", "tinyae fp32", "tinyae optimized fp32", "tinyae optimized", "onnxruntime fp32"])
+                 ["diffusers fp32", "tinyae fp32", "tinyae optimized fp32", "tinyae optimized", "onnxruntime fp32",
+                  *(["openvino fp32", "openvino bf16"] if _has("openvino") else [])])
     names = list(contestants) if contestants else all_names
     unknown = [n for n in names if n not in all_names]
     if unknown:
@@ -219,6 +226,8 @@ def run_bench(model: AutoencoderTiny, sizes: Sequence[int], repeats: int, warmup
         "tinyae optimized fp32": lambda: optimize(net, "fp32"),
         "tinyae optimized": lambda: optimize(net, "auto"),
         "onnxruntime fp32": lambda: load_backend(net, "onnxruntime", threads=torch.get_num_threads()),
+        "openvino fp32": lambda: load_backend(net, "openvino", precision="fp32", threads=torch.get_num_threads()),
+        "openvino bf16": lambda: load_backend(net, "openvino", precision="bf16", threads=torch.get_num_threads()),
         "diffusers fp16": lambda: _to_diffusers(net).to(dev, half),
         "tinyae fp16 eager": lambda: copy.deepcopy(net).to(dev, half),
         "tinyae optimized fp16": lambda: optimize(net, "fp16"),
@@ -324,7 +333,7 @@ def format_markdown(results: dict[str, Any]) -> str:
     m = results["machine"]
     lines = [f"Measured {m['date']} on {m['cpu']} ({m['cores']} cores, {m['torch_threads']} torch threads; "
              f"flags: {', '.join(m['cpu_flags']) or 'none'}), torch {m['torch']}, diffusers {m.get('diffusers')}, "
-             f"onnxruntime {m.get('onnxruntime')}"
+             f"onnxruntime {m.get('onnxruntime')}, openvino {m.get('openvino')}"
              + (f", GPU {m['gpu']}" if m.get("gpu") else "") + "."]
     if "load_average_start" in m:
         lines.append(f"Load average at start {m['load_average_start']}, at end {m.get('load_average_end')}.")

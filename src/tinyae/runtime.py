@@ -766,14 +766,7 @@ class OnnxRuntimeAutoencoder:
         _require_onnx()
         import onnxruntime as ort
 
-        from .config import TinyConfig
-
-        folder = Path(folder)
-        if not (folder / ONNX_CONFIG).is_file():
-            raise ValueError(f"{folder}: not a tinyae ONNX export (no {ONNX_CONFIG}); create one with "
-                             "`tinyae export-onnx`")
-        with open(folder / ONNX_CONFIG, encoding="utf-8") as f:
-            self.config = TinyConfig.from_dict(json.load(f))
+        folder = self._load_config(folder)
         options = ort.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = threads
@@ -782,9 +775,23 @@ class OnnxRuntimeAutoencoder:
         for part, name in ONNX_FILES.items():
             if (folder / name).is_file():
                 self.sessions[part] = ort.InferenceSession(str(folder / name), options, providers=providers)
-        if not self.sessions:
-            raise ValueError(f"{folder}: holds neither {ONNX_FILES['encoder']} nor {ONNX_FILES['decoder']}")
+        self._check_parts()
+
+    def _load_config(self, folder: str | os.PathLike) -> Path:
+        from .config import TinyConfig
+
+        folder = Path(folder)
+        if not (folder / ONNX_CONFIG).is_file():
+            raise ValueError(f"{folder}: not a tinyae ONNX export (no {ONNX_CONFIG}); create one with "
+                             "`tinyae export-onnx`")
+        with open(folder / ONNX_CONFIG, encoding="utf-8") as f:
+            self.config = TinyConfig.from_dict(json.load(f))
         self.folder = folder
+        return folder
+
+    def _check_parts(self) -> None:
+        if not self.sessions:
+            raise ValueError(f"{self.folder}: holds neither {ONNX_FILES['encoder']} nor {ONNX_FILES['decoder']}")
 
     device = torch.device("cpu")
     dtype = torch.float32
@@ -796,9 +803,11 @@ class OnnxRuntimeAutoencoder:
     def _run(self, part: str, x: torch.Tensor) -> torch.Tensor:
         if part not in self.sessions:
             raise MissingPartError(f"{self.folder} has no {ONNX_FILES[part]}: export a model that has the {part}")
-        session = self.sessions[part]
+        return self._infer(self.sessions[part], x).to(x.dtype)
+
+    def _infer(self, session: Any, x: torch.Tensor) -> torch.Tensor:
         feed = {session.get_inputs()[0].name: x.detach().float().contiguous().numpy()}
-        return torch.from_numpy(session.run(None, feed)[0]).to(x.dtype)
+        return torch.from_numpy(session.run(None, feed)[0])
 
     def encode(self, x: torch.Tensor, return_dict: bool = True) -> AutoencoderTinyOutput | tuple[torch.Tensor]:
         """Images (B, 3, H, W) in [-1, 1] -> raw latents (B, C, H/f, W/f)."""
@@ -819,7 +828,7 @@ class OnnxRuntimeAutoencoder:
         return f"OnnxRuntimeAutoencoder({str(self.folder)!r}, parts={list(self.sessions)})"
 
 
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("torch", "onnxruntime", "openvino")
 
 
 def load_backend(model_or_onnx_folder: AutoencoderTiny | str | os.PathLike, backend: str = "onnxruntime",
@@ -827,8 +836,9 @@ def load_backend(model_or_onnx_folder: AutoencoderTiny | str | os.PathLike, back
     """An object with AutoencoderTiny's `encode(x).latents` / `decode(z).sample` running on `backend`.
 
     backend "onnxruntime": from a folder written by `export_onnx`, or from a model (exported to a temporary
-    folder first); `options` go to OnnxRuntimeAutoencoder (providers, threads). backend "torch": the model
-    itself (or `optimize(model, **options)` when options are given).
+    folder first); `options` go to OnnxRuntimeAutoencoder (providers, threads). backend "openvino": the same
+    ONNX compiled by OpenVINO (`tinyae.ov_backend.OpenVinoAutoencoder`: precision "bf16"/"f32", threads).
+    backend "torch": the model itself (or `optimize(model, **options)` when options are given).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -836,15 +846,19 @@ def load_backend(model_or_onnx_folder: AutoencoderTiny | str | os.PathLike, back
         if not isinstance(model_or_onnx_folder, AutoencoderTiny):
             raise ValueError("backend 'torch' needs an AutoencoderTiny model")
         return optimize(model_or_onnx_folder, **options) if options else model_or_onnx_folder
+    if backend == "openvino":
+        from .ov_backend import OpenVinoAutoencoder as cls
+    else:
+        cls = OnnxRuntimeAutoencoder
     if isinstance(model_or_onnx_folder, AutoencoderTiny):
         with tempfile.TemporaryDirectory(prefix="tinyae-onnx-") as tmp:
             export_onnx(model_or_onnx_folder, tmp)
-            backend_obj = OnnxRuntimeAutoencoder(tmp, **options)  # sessions hold the graphs in memory
+            backend_obj = cls(tmp, **options)  # sessions hold the graphs in memory
             backend_obj.folder = Path("<exported in memory>")
             return backend_obj
     if not isinstance(model_or_onnx_folder, (str, os.PathLike)):
         raise ValueError(f"load_backend expects a model or a folder, got {type(model_or_onnx_folder).__name__}")
-    return OnnxRuntimeAutoencoder(model_or_onnx_folder, **options)
+    return cls(model_or_onnx_folder, **options)
 
 
 def export_onnx_main(argv: Sequence[str] | None = None) -> int:
