@@ -83,13 +83,25 @@ def save_latents(path: str | os.PathLike, latents: torch.Tensor | EncodedImage, 
 
 
 def _save_safetensors(path: Path, e: EncodedImage) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     tensors = {"latents": e.latents.detach().cpu().contiguous()}
     if e.alpha is not None:
         tensors["alpha"] = torch.from_numpy(np.ascontiguousarray(e.alpha, dtype=np.uint8))
     meta = {"format": FORMAT, **{k: json.dumps(v) for k, v in e.metadata.items()}}
-    atomic_write(path, lambda p: save_file(tensors, p, metadata=meta))
+    data = canonical_safetensors(save(tensors, metadata=meta))
+    atomic_write(path, lambda p: Path(p).write_bytes(data))
+
+
+def canonical_safetensors(data: bytes) -> bytes:
+    """The same safetensors file with its JSON header's keys sorted: safetensors writes the metadata in hash-map
+    order, which differs from run to run; sorted, the same latents always give the same bytes (--resume relies on
+    it). Offsets are relative to the data, so only the header changes (padded with spaces to 8 bytes, as the
+    format allows)."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.dumps(json.loads(data[8:8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)
+    return len(header).to_bytes(8, "little") + header + data[8 + n:]
 
 
 def png_layout(channels: int) -> tuple[int, int]:

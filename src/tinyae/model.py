@@ -76,6 +76,7 @@ class AutoencoderTiny(nn.Module):
     """
 
     _supports_gradient_checkpointing = True
+    _any_size = True  # see _check
 
     def __init__(
         self,
@@ -199,11 +200,13 @@ class AutoencoderTiny(nn.Module):
         if not x.is_floating_point():
             raise ValueError(f"{what} must be a floating-point tensor, got {x.dtype}"
                              + (" (convert uint8 images with x.float() / 127.5 - 1)" if what == "images" else ""))
-        if x.shape[2] == 0 or x.shape[3] == 0:
+        # The torch model runs any height and width, as diffusers (each stride-2 conv gives ceil(n / 2): 60 -> 8
+        # latents at 8x), and batch 0 gives an empty output, as diffusers; tiles are laid on the scale factor's
+        # grid, and other users of these checks (the ONNX backend) keep multiples and batch >= 1.
+        any_size = getattr(self, "_any_size", False) and not getattr(self, "use_tiling", False)
+        if x.shape[2] == 0 or x.shape[3] == 0 or (x.shape[0] == 0 and not getattr(self, "_any_size", False)):
             raise ValueError(f"{what} is empty: shape {tuple(x.shape)}")
-        # Any height and width run, as in diffusers (each stride-2 conv gives ceil(n / 2): 60 -> 8 latents at 8x);
-        # batch 0 gives an empty output, as in diffusers. Tiles are laid on the scale factor's grid.
-        if self.use_tiling and multiple > 1 and (x.shape[2] % multiple or x.shape[3] % multiple):
+        if not any_size and multiple > 1 and (x.shape[2] % multiple or x.shape[3] % multiple):
             raise ValueError(f"image height and width must be multiples of {multiple}, got {x.shape[2]}x"
                              f"{x.shape[3]}; pad the image (tinyae.encode_images pads by reflection and crops back)")
         if x.device != self.device:
