@@ -91,6 +91,14 @@ def test_d2_decode_never_overwrites_its_own_input(tmp_path, model_dir, capsys):
     assert "is one of the inputs" in capsys.readouterr().err and path.read_bytes() == before
 
 
+def test_d2_convert_never_overwrites_its_source(tmp_path, model_dir, capsys):
+    assert cli.main(["convert", str(model_dir), str(tmp_path / "m.safetensors"), "--to", "safetensors"]) == 0
+    before = (tmp_path / "m.safetensors").read_bytes()
+    assert cli.main(["convert", str(tmp_path / "m.safetensors"), str(tmp_path / "m.safetensors"), "--to",
+                     "safetensors", "--force"]) == 1
+    assert "is the source" in capsys.readouterr().err and (tmp_path / "m.safetensors").read_bytes() == before
+
+
 # ---------------------------------------------------------------------------------------------- D3
 def test_d3_hub_config_corrupted_in_flight_is_evicted_and_downloaded_again(hub, tmp_path, monkeypatch):
     m = tiny_model()

@@ -685,7 +685,8 @@ def cmd_roundtrip(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from .codec import encode_png_bytes, png_to_latents
-    from .images import IMAGE_SUFFIXES, EncodedImage, decode_latents, encode_images, psnr, read_image, ssim
+    from .images import (IMAGE_SUFFIXES, EncodedImage, decode_latents, encode_images, psnr, read_image, read_source,
+                         ssim)
 
     rep, started = Reporter(args.json), time.perf_counter()
     jobs = collect(args.inputs, lambda f: f.suffix.lower() in IMAGE_SUFFIXES and not f.name.endswith(".latent.png"),
@@ -707,8 +708,8 @@ def cmd_roundtrip(args: argparse.Namespace) -> int:
         for j in chunk:
             if j.status != "todo":
                 continue
-            src = read_image(j.input, args.max_pixels)
-            enc = encode_images(runner.engine, src)[0]
+            src = read_image(j.input, args.max_pixels)  # 8-bit view: what PSNR / SSIM compare
+            enc = encode_images(runner.engine, read_source(j.input))[0]  # full precision (16-bit PNGs)
             png = encode_png_bytes(enc.latents, model.latent_magnitude, model.latent_shift)
             z8 = png_to_latents(Image.open(io.BytesIO(png)), enc.latents.shape[0],
                                 model.latent_magnitude, model.latent_shift)
@@ -811,6 +812,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
     name = args.name or variant or "tae"
     dst = Path(args.dst)
     targets = _convert_targets(args.to, dst, name, args.pth, model)
+    sources = {_same_file_key(Path(p)): p for p, _ in resolve_files(source)}
+    for t in targets:
+        if _same_file_key(t) in sources:
+            raise CliError(f"{t} is the source ({sources[_same_file_key(t)]}); tinyae never writes over its own "
+                           "inputs (not even with --force): convert to another file or folder")
     check_output_folder(targets[0].parent)
     existing = [t for t in targets if t.exists()]
     if existing and not args.force:

@@ -17,6 +17,7 @@ What happens to each kind of image (documented in docs/cli.md):
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -76,10 +77,13 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> Image.
     if path.is_dir():
         raise ImageError(f"{path}: is a folder, expected an image file")
     try:
-        with Image.open(path) as im:
-            check_pixels(path, im.size, max_pixels)
-            im.load()
-            return ImageOps.exif_transpose(im)
+        with warnings.catch_warnings():
+            if max_pixels is not None:  # our own limit applies: not Pillow's warning as well
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                check_pixels(path, im.size, max_pixels)
+                im.load()
+                return ImageOps.exif_transpose(im)
     except ImageError:
         raise
     except UnidentifiedImageError:

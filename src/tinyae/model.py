@@ -68,7 +68,8 @@ class AutoencoderTiny(nn.Module):
 
     Images are float tensors (B, 3, H, W) in [-1, 1]; latents are the diffusion model's latents as its denoiser
     sees them (scaling_factor 1.0). As in diffusers, any H and W encode (to ceil-sized latents: 60x60 -> 8x8 at 8x)
-    and batch 0 gives an empty output; `tinyae.encode_images` pads other sizes by reflection and crops back. Inputs of another floating dtype than the model are cast to the
+    and batch 0 gives an empty output; `tinyae.encode_images` pads other sizes by reflection and crops back (the
+    decoded image is then the source's size). Inputs of another floating dtype than the model are cast to the
     model's dtype, and outputs are returned in the input's dtype.
 
     Parameters after `shift_factor` are tinyae's own (see `tinyae.config`): `use_midblock_gn` (taef2) and
