@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 from tinyae import AutoencoderTiny, WeightsError, cli
 from tinyae.codec import LatentFileError, load_latents, save_latents
 from tinyae.images import ImageError, read_source
+from tinyae.variants import VARIANTS
 
 from reliability_helpers import hidden, tiny_model
 
@@ -186,6 +187,7 @@ def _metadata_values() -> st.SearchStrategy:
     return st.one_of(leaf, st.lists(leaf, max_size=4), st.dictionaries(st.text(max_size=3), leaf, max_size=2))
 
 
+VARIANT_NAMES = {n.lower() for v in VARIANTS.values() for n in (v.name, *v.aliases)}
 LATENT_KEYS = ["latent_channels", "magnitude", "shift", "original_size", "grayscale", "latent_shape", "variant",
                "dtype", "layout"]
 
@@ -193,7 +195,9 @@ LATENT_KEYS = ["latent_channels", "magnitude", "shift", "original_size", "graysc
 @FUZZ
 @given(edits=st.dictionaries(st.sampled_from(LATENT_KEYS), _metadata_values(), min_size=1, max_size=3),
        name=st.sampled_from(["z.safetensors", "z.latent.png"]))
-def test_latent_metadata_values_and_the_cli(seeds, tmp_path, capsys, model_dir, edits, name):
+def test_latent_metadata_values_and_the_cli(seeds, tmp_path, capsys, monkeypatch, model_dir, edits, name):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv(cli.MODEL_ENV, raising=False)
     path = tmp_path / name
     path.write_bytes(seeds[name])
     if name.endswith(".png"):
@@ -228,6 +232,12 @@ def test_latent_metadata_values_and_the_cli(seeds, tmp_path, capsys, model_dir, 
     else:
         assert rc == 1 and written == [] and "Traceback" not in captured.err
         assert all(line.startswith("tinyae: ") for line in captured.err.splitlines())
+    # without --model the file's variant is used only when it is a built-in name (offline here: nothing downloads)
+    rc = cli.main(["decode", str(path), "-o", str(out / "auto")])
+    err = capsys.readouterr().err
+    assert rc in (0, 1) and "Traceback" not in err
+    if isinstance(edits.get("variant"), str) and edits["variant"].lower() not in VARIANT_NAMES:
+        assert rc == 1 and "not a built-in variant" in err
 
 
 @pytest.fixture(scope="module")

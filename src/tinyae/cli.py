@@ -581,13 +581,17 @@ def cmd_decode(args: argparse.Namespace) -> int:
     check_output_folder(out_dir)
     spec = args.model or os.environ.get(MODEL_ENV)
     if spec is None:  # the variant the files were made with, when they agree: a built-in name only
-        made_by = {read_metadata(j.input).get("variant") for j in jobs if j.status == "todo"} - {None}
-        for name in sorted(map(str, made_by)):
+        recorded: dict[str, Path] = {}
+        for j in jobs:
+            v = read_metadata(j.input).get("variant") if j.status == "todo" else None
+            if v is not None:
+                recorded.setdefault(v if isinstance(v, str) else repr(v), j.input)
+        for name, where in recorded.items():
             if not is_variant(name):
-                where = next(j.input for j in jobs if read_metadata(j.input).get("variant") == name)
                 raise CliError(f"{where}: records the model {name!r}, which is not a built-in variant; tinyae never "
                                "loads a model named by a file: pass --model to decode it")
-        spec = get_variant(made_by.pop()).name if len(made_by) == 1 else DEFAULT_MODEL
+        made_by = {get_variant(name).name for name in recorded}
+        spec = made_by.pop() if len(made_by) == 1 else DEFAULT_MODEL
     runner = prepare_runner(args, spec, ["decoder"]) if any(j.status == "todo" for j in jobs) else None
     handle_existing(jobs, args.force, args.resume, lambda j, o: _trust_image(j, o, runner))
     warned: set[Path] = set()

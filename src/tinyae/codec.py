@@ -287,10 +287,18 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
             png = f.read(8) == b"\x89PNG\r\n\x1a\n"
         if png:
             with Image.open(path) as im:
-                return json.loads(getattr(im, "text", {}).get("tinyae", "{}"))
+                meta = json.loads(getattr(im, "text", {}).get("tinyae", "{}"))
+            return meta if isinstance(meta, dict) else {}
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
-            return {k: json.loads(v) for k, v in (f.metadata() or {}).items() if k != "format"}
+            return {k: _json_or_text(v) for k, v in (f.metadata() or {}).items() if k != "format"}
     except Exception:
         return {}
+
+
+def _json_or_text(v: str) -> Any:
+    try:
+        return json.loads(v)
+    except ValueError:
+        return v
