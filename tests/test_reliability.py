@@ -5,7 +5,6 @@ Each test names the defect it proves fixed (D1..D10). Tiny random models and ima
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -26,8 +25,7 @@ from tinyae import AutoencoderTiny, WeightsError, cli
 from tinyae.codec import LatentFileError, load_latents, save_latents
 from tinyae.images import decode_latents, read_image, to_source
 
-from hubserver import HubServer  # noqa: F401  (the hub fixture's server)
-from reliability_helpers import hidden, saved_model, tiny_images, tiny_model
+from reliability_helpers import saved_model, tiny_images, tiny_model
 from test_hub import assert_cache_trustworthy, diffusers_files, hub, offline, same_weights  # noqa: F401
 
 
