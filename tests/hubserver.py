@@ -21,7 +21,9 @@ transfers are spoilt (None: all). They affect the transfer of the bytes (the GET
 - "cut": `Content-Length` says N, the body stops at the file's middle and the connection is closed (a resumed
   transfer, `Range: bytes=N-`, stops at the same place);
 - "short": a complete response, but shorter than the size the metadata announced (a broken proxy or mirror);
-- "missing": the file is listed, but HEAD/GET answer 404 EntryNotFound.
+- "missing": the file is listed, but HEAD/GET answer 404 EntryNotFound;
+- "error": HEAD/GET of the file answer 500 Internal Server Error (the metadata too);
+- "stall": the transfer trickles, one byte every 0.2 s (each read arrives in time, the whole never does).
 
 The server binds 127.0.0.1 only, on free ports, and records every request in `requests` as (method, path).
 Use it as a context manager, or `start()` / `stop()`.
@@ -39,7 +41,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 LFS_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".onnx")
-FAULTS = ("corrupt", "cut", "short", "missing")
+FAULTS = ("corrupt", "cut", "short", "missing", "error", "stall")
 
 
 def git_blob_sha1(data: bytes) -> str:
@@ -136,7 +138,7 @@ class HubServer:
         """The fault to apply to this transfer of the bytes, counting it down."""
         with self._lock:
             f = self.faults.get((repo_id, path))
-            if f is None or f.mode == "missing":
+            if f is None or f.mode in ("missing", "error"):
                 return None
             if f.times is not None:
                 if f.times <= 0:
@@ -144,9 +146,9 @@ class HubServer:
                 f.times -= 1
             return f.mode
 
-    def _is_missing(self, repo_id: str, path: str) -> bool:
+    def _is_missing(self, repo_id: str, path: str, mode: str = "missing") -> bool:
         f = self.faults.get((repo_id, path))
-        return f is not None and f.mode == "missing"
+        return f is not None and f.mode == mode
 
     def find_repo(self, parts: list[str]) -> tuple[str, Repo, list[str]] | None:
         """Split `owner/name/rest...` (or a one-part repo id) into a known repo and the rest."""
@@ -221,6 +223,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(404, "RevisionNotFound", body)
         if file not in repo.files or self.hub._is_missing(repo_id, file):
             return self._error(404, "EntryNotFound", body, commit=repo.commit)
+        if self.hub._is_missing(repo_id, file, "error"):
+            return self._send(500, {"Content-Type": "text/plain"}, b"Internal Server Error", body)
         data = repo.files[file]
         if file.endswith(LFS_SUFFIXES):  # the hub redirects LFS files to its CDN
             sha = hashlib.sha256(data).hexdigest()
@@ -259,6 +263,18 @@ class _Handler(BaseHTTPRequestHandler):
         if fault == "short":
             payload = payload[: len(payload) // 2]
             headers.pop("Content-Range", None)
+        if fault == "stall":  # announce everything, then one byte every 0.2 s (until the client gives up)
+            self._send(status, {**headers, "Content-Length": str(len(payload))}, b"", body=False)
+            stop = threading.Event()
+            try:
+                for i in range(len(payload)):
+                    self.wfile.write(payload[i:i + 1])
+                    self.wfile.flush()
+                    stop.wait(0.2)  # not time.sleep, which tests patch to skip huggingface_hub's retry waits
+            except OSError:
+                pass
+            self.close_connection = True
+            return
         if fault == "cut":  # announce everything, stop at the file's middle (also when resuming), hang up
             self._send(status, {**headers, "Content-Length": str(len(payload))}, b"", body=False)
             self.wfile.write(payload[: max(len(data) // 2 - start, 0)])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import sys
@@ -24,6 +25,8 @@ FORWARDED = {"bench": ("tinyae.bench", "main"), "export-onnx": ("tinyae.runtime"
              "encode-dataset": ("tinyae.dataset.cli", "main"), "decode-dataset": ("tinyae.dataset.cli", "decode_main")}
 LATENT_FORMATS = {"safetensors": ".safetensors", "png": ".latent.png"}
 IMAGE_FORMATS = {"png": ".png", "jpg": ".jpg", "webp": ".webp"}
+PIL_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".webp": "WEBP"}
+DEFAULT_MAX_PIXELS = 50_000_000  # about 7000x7000; an 8K frame is 33 Mpixel
 
 
 class CliError(Exception):
@@ -202,6 +205,7 @@ class Runner:
     spec: str
     variant: str | None
     precision: str = "exact"
+    fingerprint: str = ""  # sha256 of the weights and config as loaded: what --resume checks outputs against
 
 
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16", "exact")
@@ -254,10 +258,23 @@ def prepare_runner(args: argparse.Namespace, spec: str, needs: Sequence[str]) ->
         except ImportError as e:
             raise CliError(f"--backend onnxruntime: {_one_line(e)}") from None
         engine = load_backend(model, "onnxruntime")
-        return Runner(model, engine, spec, identify_variant(source, model), "onnxruntime")
-    variant = identify_variant(source, model)
+        return Runner(model, engine, spec, identify_variant(source, model), "onnxruntime", model_fingerprint(model))
+    variant, fingerprint = identify_variant(source, model), model_fingerprint(model)
     model, precision = _optimized(model, precision)  # the optimized copy keeps the tiling settings
-    return Runner(model, model, spec, variant, precision)
+    return Runner(model, model, spec, variant, precision, fingerprint)
+
+
+def model_fingerprint(model: Any) -> str:
+    """16 hex digits of the sha256 of a model's config and tensors (dtype included): same weights, same value."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256(model.config.to_json_string().encode())
+    for k, v in sorted(model.state_dict().items()):
+        h.update(f"{k}:{v.dtype}:{tuple(v.shape)}".encode())
+        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def default_model(args: argparse.Namespace) -> str:
@@ -274,9 +291,19 @@ class Job:
     status: str = "todo"
     error: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    index: int | None = None  # which latents of a file holding a batch (B, C, h, w)
+    also: list[Path] = field(default_factory=list)  # further outputs (roundtrip's decoded image)
+
+    @property
+    def outputs(self) -> list[Path]:
+        return ([self.output] if self.output is not None else []) + self.also
 
     def as_dict(self) -> dict[str, Any]:
         d = {"input": str(self.input), "output": str(self.output) if self.output else None, "status": self.status}
+        if self.index is not None:
+            d["index"] = self.index
+        if self.also:
+            d["also"] = [str(p) for p in self.also]
         if self.error:
             d["error"] = self.error
         return {**d, **self.info}
@@ -298,22 +325,39 @@ def collect(paths: Sequence[str], accept: Callable[[Path], bool], what: str) -> 
     return jobs
 
 
-def plan_outputs(jobs: list[Job], out: Path, name: Callable[[Path], str], suffixes: Sequence[str]) -> Path:
-    """Set each job's output: OUT is a folder, or the file itself when one input and OUT ends in a known suffix.
+def plan_outputs(jobs: list[Job], out: Path, name: Callable[[Job], str], suffixes: Sequence[str],
+                 extra: Callable[[Job], list[str]] | None = None) -> Path:
+    """Set each job's outputs: OUT is a folder, or the file itself when one input and OUT ends in a known suffix.
 
-    Returns the folder the outputs go to."""
+    Every file the command will write is checked: no two jobs share one, and none is one of the command's own
+    inputs (not even with --force). Returns the folder the outputs go to."""
     todo = [j for j in jobs if j.status == "todo"]
     single = len(jobs) == 1 and str(out).lower().endswith(tuple(suffixes)) and not out.is_dir()
     for j in todo:
-        j.output = out if single else out / name(j.input)
+        j.output = out if single else out / name(j)
+        j.also = [j.output.with_name(n) for n in extra(j)] if extra else []
+    inputs = {_same_file_key(j.input): j.input for j in jobs}
     seen: dict[Path, Path] = {}
     for j in todo:
-        assert j.output is not None
-        if j.output in seen:
-            raise CliError(f"{seen[j.output]} and {j.input} would both be written to {j.output}; "
-                           "write them to different folders (one command each)")
-        seen[j.output] = j.input
+        for o in j.outputs:
+            key = _same_file_key(o)
+            if key in inputs:
+                raise CliError(f"{o} is one of the inputs ({inputs[key]}); tinyae never writes over its own "
+                               "inputs (not even with --force): write to another folder or file")
+            if key in seen:
+                raise CliError(f"{seen[key]} and {j.input} would both be written to {o}; "
+                               "write them to different folders (one command each)")
+            seen[key] = j.input
     return out.parent if single else out
+
+
+def _same_file_key(p: Path) -> Any:
+    """What identifies a file: (device, inode) when it exists (links, `./a` vs `a`), else its resolved path."""
+    try:
+        st = p.stat()
+        return (st.st_dev, st.st_ino)
+    except OSError:
+        return p.resolve()
 
 
 def check_output_folder(folder: Path) -> None:
@@ -327,23 +371,36 @@ def check_output_folder(folder: Path) -> None:
         raise CliError(f"{folder}: cannot write to the output folder ({e.strerror or e})") from None
 
 
-def handle_existing(jobs: list[Job], force: bool, resume: bool) -> None:
+def handle_existing(jobs: list[Job], force: bool, resume: bool,
+                    trust: Callable[[Job, Path], str | None] | None = None) -> None:
     """Existing outputs: kept and skipped with --resume, overwritten with --force, else an error (nothing done).
 
-    Outputs are written atomically, so one that exists is complete; stale temporaries of a killed run are removed.
+    Outputs are written atomically, so one that exists is complete; with --resume it must also be this command's:
+    `trust(job, path)` says why not (another model, format or source), which is an error unless --force. Call it
+    once the model is validated: afterwards the stale temporary files of killed runs are removed (see
+    `tinyae.weights.remove_stale_temps`; a live run's are kept).
     """
-    existing = [j for j in jobs if j.status == "todo" and j.output is not None and j.output.exists()]
+    from .weights import remove_stale_temps
+
+    existing = [j for j in jobs if j.status == "todo" and any(o.exists() for o in j.outputs)]
     if existing and not force and not resume:
-        names = ", ".join(str(j.output) for j in existing[:3]) + (" ..." if len(existing) > 3 else "")
+        names = ", ".join(str(o) for j in existing[:3] for o in j.outputs if o.exists()) + (
+            " ..." if len(existing) > 3 else "")
         raise CliError(f"{len(existing)} output(s) already exist ({names}); pass --resume to skip them or "
                        "--force to overwrite")
-    for j in existing:
-        if resume and not force:
-            j.status = "skipped"
+    if resume and not force:
+        for j in existing:
+            for o in j.outputs:
+                why = trust(j, o) if trust and o.exists() else None
+                if why:
+                    raise CliError(f"{o}: exists but is not what this command writes ({why}); --resume keeps "
+                                   "only its own outputs: pass --force to overwrite it, or write elsewhere")
+            if all(o.exists() for o in j.outputs):
+                j.status = "skipped"
     for j in jobs:
-        if j.status == "todo" and j.output is not None:
-            for stale in j.output.parent.glob(f".{j.output.name}.*.tmp"):
-                stale.unlink(missing_ok=True)
+        if j.status == "todo":
+            for o in j.outputs:
+                remove_stale_temps(o)
 
 
 def finish(rep: Reporter, command: str, jobs: list[Job], started: float, extra: dict[str, Any] | None = None
@@ -379,7 +436,9 @@ def _run_jobs(rep: Reporter, jobs: list[Job], what: str, batch_size: int,
                         except (KeyboardInterrupt, SystemExit):
                             raise
                         except Exception as e:
-                            j.status, j.error = "failed", f"{j.input}: {_one_line(e)}"
+                            text = _one_line(e)
+                            j.status = "failed"
+                            j.error = text if text.startswith(str(j.input)) else f"{j.input}: {text}"
                             rep.fail(j.error)
             for _ in chunk:
                 bar.advance()
@@ -416,30 +475,31 @@ def cmd_encode(args: argparse.Namespace) -> int:
     if (rc := _video("encode", args)) is not None:
         return rc
     from .codec import save_latents
-    from .images import IMAGE_SUFFIXES, encode_images, read_image
+    from .images import IMAGE_SUFFIXES, encode_images, read_source
 
     rep, started = Reporter(args.json), time.perf_counter()
     suffix = LATENT_FORMATS[args.format]
     jobs = collect(args.inputs, lambda f: f.suffix.lower() in IMAGE_SUFFIXES and not f.name.endswith(".latent.png"),
                    "images")
-    out_dir = plan_outputs(jobs, Path(args.output), lambda p: p.stem + suffix, (suffix,))
+    out_dir = plan_outputs(jobs, Path(args.output), lambda j: j.input.stem + suffix, (suffix,))
     check_output_folder(out_dir)
-    handle_existing(jobs, args.force, args.resume)
     runner = None
     if any(j.status == "todo" for j in jobs):
         runner = prepare_runner(args, default_model(args), ["encoder"])
+    handle_existing(jobs, args.force, args.resume, lambda j, o: _trust_latents(j, o, runner, args.format))
 
     def work(chunk: list[Job]) -> None:
         assert runner is not None
         if args.stream:
             live, encoded = _read_each(rep, chunk, lambda j: _encode_streamed(runner.model, j))
         else:
-            live, images = _read_each(rep, chunk, lambda j: read_image(j.input))
+            live, images = _read_each(rep, chunk, lambda j: read_source(j.input, args.max_pixels))
             encoded = encode_images(runner.engine, images, batch_size=args.batch_size)
+        _same_count(live, encoded)
         for j, enc in zip(live, encoded):
             assert j.output is not None
             meta: dict[str, Any] = {"variant": runner.variant, "source": j.input.name,
-                                    "scale_factor": runner.model.spatial_scale_factor,
+                                    "scale_factor": runner.model.spatial_scale_factor, "model": runner.fingerprint,
                                     "precision": runner.precision}
             if args.format == "png":
                 meta.update(magnitude=float(runner.model.latent_magnitude), shift=float(runner.model.latent_shift))
@@ -457,6 +517,60 @@ def cmd_encode(args: argparse.Namespace) -> int:
     extra = {"model": runner.spec if runner else default_model(args), "variant": runner.variant if runner else None,
              "format": args.format, "precision": runner.precision if runner else None}
     return finish(rep, "encode", jobs, started, extra)
+
+
+def _same_count(jobs: list[Job], results: Sequence[Any]) -> None:
+    """Outputs are paired with inputs by position: never let one shift onto another's name."""
+    if len(jobs) != len(results):
+        raise RuntimeError(f"{len(results)} results for {len(jobs)} inputs; nothing of this batch was written")
+
+
+def _trust_latents(j: Job, path: Path, runner: Runner | None, fmt: str) -> str | None:
+    """Why an existing latent file is not what this encode would write (None: it is)."""
+    from .codec import LatentFileError, load_latents
+
+    with open(path, "rb") as f:
+        is_png = f.read(8) == b"\x89PNG\r\n\x1a\n"
+    if is_png != (fmt == "png"):
+        return f"not a {fmt} latent file"
+    try:
+        meta = load_latents(path).metadata
+    except LatentFileError as e:
+        return str(e).split(": ", 1)[-1]
+    if runner is not None and meta.get("model") != runner.fingerprint:
+        return f"written by another model ({meta.get('model') or meta.get('variant') or 'unknown'})"
+    if meta.get("source") != j.input.name:
+        return f"encodes {meta.get('source')!r}, not {j.input.name!r}"
+    return None
+
+
+def _trust_image(j: Job, path: Path, runner: Runner | None) -> str | None:
+    """Why an existing decoded image is not what this command would write (None: it is)."""
+    from PIL import Image
+
+    want = PIL_FORMATS.get(path.suffix.lower(), "PNG")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            found, text = im.format, dict(getattr(im, "text", {}) or {})
+    except Exception as e:
+        return f"unreadable ({_one_line(e)})"
+    if found != want:
+        return f"a {found} file, not {want}"
+    if want == "PNG":
+        try:
+            meta = json.loads(text.get("tinyae", "{}"))
+        except ValueError:
+            meta = {}
+        if runner is not None and meta.get("model") != runner.fingerprint:
+            return "written by another model" if meta.get("model") else "not written by tinyae"
+        if meta.get("source") != _source_name(j):
+            return f"decodes {meta.get('source')!r}, not {_source_name(j)!r}"
+    return None
+
+
+def _source_name(j: Job) -> str:
+    return j.input.name + (f"[{j.index}]" if j.index is not None else "")
 
 
 def _encode_streamed(model: Any, j: Job) -> Any:
@@ -490,28 +604,50 @@ def cmd_decode(args: argparse.Namespace) -> int:
     if (rc := _video("decode", args)) is not None:
         return rc
     from .codec import load_latents, read_metadata
-    from .images import check_channels, decode_latents
+    from .images import check_channels, check_pixels, decode_latents
+    from .variants import get_variant, is_variant
 
     rep, started = Reporter(args.json), time.perf_counter()
     if args.stream and args.format != "png":
         raise CliError("--stream writes PNG only (the one format written row by row here); use --format png")
     suffix = IMAGE_FORMATS[args.format]
-    jobs = collect(args.inputs, _latent_accept, "latent files (*.safetensors, *.latent.png)")
-    out_dir = plan_outputs(jobs, Path(args.output), lambda p: _latent_stem(p) + suffix, tuple(IMAGE_FORMATS.values()))
+    given = collect(args.inputs, _latent_accept, "latent files (*.safetensors, *.latent.png)")
+    jobs = [k for j in given for k in _split_batch(j)]
+    out = Path(args.output)
+    if len(given) == 1 and len(jobs) > 1 and str(out).lower().endswith(tuple(IMAGE_FORMATS.values())):
+        raise CliError(f"{given[0].input} holds {len(jobs)} latents, which decode to {len(jobs)} images "
+                       f"(<name>_0{suffix}, <name>_1{suffix}, ...): give a folder as -o")
+    out_dir = plan_outputs(jobs, out, lambda j: _latent_stem(j.input) + (
+        f"_{j.index}" if j.index is not None else "") + suffix, tuple(IMAGE_FORMATS.values()))
     check_output_folder(out_dir)
-    handle_existing(jobs, args.force, args.resume)
     spec = args.model or os.environ.get(MODEL_ENV)
-    if spec is None:  # the variant the files were made with, when they agree
-        made_by = {read_metadata(j.input).get("variant") for j in jobs if j.status == "todo"} - {None}
+    if spec is None:  # the variant the files were made with, when they agree: a built-in name only
+        recorded: dict[str, Path] = {}
+        for j in jobs:
+            v = read_metadata(j.input).get("variant") if j.status == "todo" else None
+            if v is not None:
+                recorded.setdefault(v if isinstance(v, str) else repr(v), j.input)
+        for name, where in recorded.items():
+            if not is_variant(name):
+                raise CliError(f"{where}: records the model {name!r}, which is not a built-in variant; tinyae never "
+                               "loads a model named by a file: pass --model to decode it")
+        made_by = {get_variant(name).name for name in recorded}
         spec = made_by.pop() if len(made_by) == 1 else DEFAULT_MODEL
     runner = prepare_runner(args, spec, ["decoder"]) if any(j.status == "todo" for j in jobs) else None
+    handle_existing(jobs, args.force, args.resume, lambda j, o: _trust_image(j, o, runner))
     warned: set[Path] = set()
 
     def load(j: Job) -> Any:
         assert runner is not None
         e = load_latents(j.input)
+        if e.latents.dim() == 4:  # one image of a batch
+            e.latents = e.latents[j.index or 0]
         made_by = e.metadata.get("variant")
         check_channels(runner.model, e.latents, str(j.input), made_by)
+        if not args.stream:
+            f = runner.model.spatial_scale_factor
+            size = e.size or (e.latents.shape[-1] * f, e.latents.shape[-2] * f)
+            check_pixels(j.input, size, args.max_pixels)
         if made_by and runner.variant and made_by != runner.variant and j.input not in warned:
             warned.add(j.input)
             rep.warn(f"{j.input}: made by {made_by}, decoding with {runner.variant}")
@@ -525,9 +661,12 @@ def cmd_decode(args: argparse.Namespace) -> int:
                 _decode_streamed(runner.model, e, j)
                 rep.line(f"{j.input} -> {j.output}  ({j.info['size'][0]}x{j.info['size'][1]} RGB, streamed)")
             return
-        for j, im in zip(live, decode_latents(runner.engine, loaded, batch_size=args.batch_size)):
+        images = decode_latents(runner.engine, loaded, batch_size=args.batch_size)
+        _same_count(live, images)
+        for j, im in zip(live, images):
             assert j.output is not None
-            save_image(im, j.output, args.format, args.quality)
+            save_image(im, j.output, args.format, args.quality, {"model": runner.fingerprint,
+                                                                 "source": _source_name(j)})
             j.status, j.info = "ok", {"size": list(im.size), "mode": im.mode, "bytes": j.output.stat().st_size}
             rep.line(f"{j.input} -> {j.output}  ({im.size[0]}x{im.size[1]} {im.mode})")
 
@@ -535,6 +674,22 @@ def cmd_decode(args: argparse.Namespace) -> int:
     return finish(rep, "decode", jobs, started, {"model": spec, "variant": runner.variant if runner else None,
                                                    "format": args.format,
                                                    "precision": runner.precision if runner else None})
+
+
+def _split_batch(j: Job) -> list[Job]:
+    """A latent file holding a batch (B, C, h, w), B > 1, is B jobs (outputs <stem>_<i>); others stay one job."""
+    if j.status != "todo" or not j.input.name.endswith(".safetensors"):
+        return [j]
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(j.input), framework="pt") as f:
+            shape = f.get_slice("latents").get_shape()
+    except Exception:  # not readable here: its job fails with the reader's message
+        return [j]
+    if len(shape) != 4 or shape[0] <= 1:
+        return [j]
+    return [Job(j.input, index=i) for i in range(shape[0])]
 
 
 def _decode_streamed(model: Any, e: Any, j: Job) -> None:
@@ -552,14 +707,21 @@ def _decode_streamed(model: Any, e: Any, j: Job) -> None:
         j.status, j.info = "ok", {"size": list(im.size), "mode": im.mode, "bytes": j.output.stat().st_size}
 
 
-def save_image(im: Any, path: Path, fmt: str, quality: int = 95) -> None:
-    """Write an image atomically; JPEG has no alpha (dropped), WebP and PNG keep it."""
+def save_image(im: Any, path: Path, fmt: str, quality: int = 95, meta: dict[str, Any] | None = None) -> None:
+    """Write an image atomically; JPEG has no alpha (dropped), WebP and PNG keep it. PNG: `meta` goes into a
+    `tinyae` text chunk (model fingerprint and source: what --resume checks)."""
+    from PIL import PngImagePlugin
+
     from .weights import atomic_write
 
     if fmt == "jpg" and im.mode in ("RGBA", "LA"):
         im = im.convert("RGB" if im.mode == "RGBA" else "L")
-    options = {"png": {"format": "PNG"}, "jpg": {"format": "JPEG", "quality": quality},
-               "webp": {"format": "WEBP", "quality": quality}}[fmt]
+    options: dict[str, Any] = {"png": {"format": "PNG"}, "jpg": {"format": "JPEG", "quality": quality},
+                               "webp": {"format": "WEBP", "quality": quality}}[fmt]
+    if fmt == "png" and meta:
+        info = PngImagePlugin.PngInfo()
+        info.add_text("tinyae", json.dumps(meta, sort_keys=True))
+        options["pnginfo"] = info
     atomic_write(path, lambda p: im.save(p, **options))
 
 
@@ -571,19 +733,22 @@ def cmd_roundtrip(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from .codec import encode_png_bytes, png_to_latents
-    from .images import IMAGE_SUFFIXES, EncodedImage, decode_latents, encode_images, psnr, read_image, ssim
+    from .images import (IMAGE_SUFFIXES, EncodedImage, decode_latents, encode_images, psnr, read_image, read_source,
+                         ssim)
 
     rep, started = Reporter(args.json), time.perf_counter()
     jobs = collect(args.inputs, lambda f: f.suffix.lower() in IMAGE_SUFFIXES and not f.name.endswith(".latent.png"),
                    "images")
     out = Path(args.output) if args.output else None
     if out is not None:
-        plan_outputs(jobs, out, lambda p: p.stem + ".compare.png", ())
+        plan_outputs(jobs, out, lambda j: j.input.stem + ".compare.png", (),
+                     extra=lambda j: [j.input.stem + ".decoded.png"])
         check_output_folder(out)
-        handle_existing(jobs, args.force, args.resume)
     runner = None
     if any(j.status == "todo" for j in jobs):
         runner = prepare_runner(args, default_model(args), ["encoder", "decoder"])
+    if out is not None:
+        handle_existing(jobs, args.force, args.resume, lambda j, o: _trust_image(j, o, runner))
 
     def work(chunk: list[Job]) -> None:
         assert runner is not None
@@ -591,8 +756,8 @@ def cmd_roundtrip(args: argparse.Namespace) -> int:
         for j in chunk:
             if j.status != "todo":
                 continue
-            src = read_image(j.input)
-            enc = encode_images(runner.engine, src)[0]
+            src = read_image(j.input, args.max_pixels)  # 8-bit view: what PSNR / SSIM compare
+            enc = encode_images(runner.engine, read_source(j.input))[0]  # full precision (16-bit PNGs)
             png = encode_png_bytes(enc.latents, model.latent_magnitude, model.latent_shift)
             z8 = png_to_latents(Image.open(io.BytesIO(png)), enc.latents.shape[0],
                                 model.latent_magnitude, model.latent_shift)
@@ -602,8 +767,9 @@ def cmd_roundtrip(args: argparse.Namespace) -> int:
                       "psnr_8bit": round(psnr(src, dec8), 4), "latent_png_bytes": len(png),
                       "bits_per_pixel": round(8 * len(png) / (w * h), 4), "source_bytes": j.input.stat().st_size}
             if j.output is not None:
-                save_image(side_by_side(src, dec), j.output, "png")
-                save_image(dec, j.output.with_name(j.input.stem + ".decoded.png"), "png")
+                meta = {"model": runner.fingerprint, "source": _source_name(j)}
+                save_image(side_by_side(src, dec), j.output, "png", meta=meta)
+                save_image(dec, j.also[0], "png", meta=meta)
             j.status = "ok"
             i = j.info
             rep.line(f"{j.input}  {w}x{h}  PSNR {i['psnr']:.2f} dB  SSIM {i['ssim']:.4f}  8-bit latent PNG "
@@ -612,14 +778,34 @@ def cmd_roundtrip(args: argparse.Namespace) -> int:
 
     _run_jobs(rep, jobs, "roundtrip", 1, work)
     done = [j.info for j in jobs if j.status == "ok"]
-    mean = {k: round(sum(d[k] for d in done) / len(done), 4) for k in ("psnr", "ssim", "psnr_8bit",
-                                                                        "bits_per_pixel")} if done else {}
+    mean = _finite_mean(done, ("psnr", "ssim", "psnr_8bit", "bits_per_pixel"))
+    for d in done:  # an exact reconstruction has PSNR inf: JSON has no inf, say null (and "exact")
+        for k in ("psnr", "psnr_8bit"):
+            if not math.isfinite(d[k]):
+                d[k], d[f"{k}_exact"] = None, True
     if mean:
-        rep.line(f"mean  PSNR {mean['psnr']:.2f} dB  SSIM {mean['ssim']:.4f}  8-bit latent {mean['bits_per_pixel']:.3f}"
-                 f" bpp, PSNR {mean['psnr_8bit']:.2f} dB  ({len(done)} images)")
+        db = {k: "exact" if mean[k] is None else f"{mean[k]:.2f} dB" for k in ("psnr", "psnr_8bit")}
+        exact = f", {mean['exact']} exact, left out of the PSNR mean" if mean.get("exact") else ""
+        rep.line(f"mean  PSNR {db['psnr']}  SSIM {mean['ssim']:.4f}  8-bit latent {mean['bits_per_pixel']:.3f}"
+                 f" bpp, PSNR {db['psnr_8bit']}  ({len(done)} images{exact})")
     return finish(rep, "roundtrip", jobs, started, {"model": runner.spec if runner else default_model(args),
                                                       "variant": runner.variant if runner else None, "mean": mean,
                                                       "precision": runner.precision if runner else None})
+
+
+def _finite_mean(done: list[dict[str, Any]], keys: Sequence[str]) -> dict[str, Any]:
+    """Mean of each metric over the images where it is finite (None if none is); `exact`: how many were left out
+    for an infinite (exact) PSNR."""
+    if not done:
+        return {}
+    mean: dict[str, Any] = {}
+    for k in keys:
+        vals = [d[k] for d in done if d.get(k) is not None and math.isfinite(d[k])]
+        mean[k] = round(sum(vals) / len(vals), 4) if vals else None
+    exact = sum(1 for d in done if not math.isfinite(d["psnr"]))
+    if exact:
+        mean["exact"] = exact
+    return mean
 
 
 def side_by_side(a: Any, b: Any) -> Any:
@@ -675,6 +861,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
     name = args.name or variant or "tae"
     dst = Path(args.dst)
     targets = _convert_targets(args.to, dst, name, args.pth, model)
+    sources = {_same_file_key(Path(p)): p for p, _ in resolve_files(source)}
+    for t in targets:
+        if _same_file_key(t) in sources:
+            raise CliError(f"{t} is the source ({sources[_same_file_key(t)]}); tinyae never writes over its own "
+                           "inputs (not even with --force): convert to another file or folder")
     check_output_folder(targets[0].parent)
     existing = [t for t in targets if t.exists()]
     if existing and not args.force:
@@ -720,6 +911,7 @@ def _latent_info(path: Path) -> dict[str, Any] | None:
 def cmd_info(args: argparse.Namespace) -> int:
     if (rc := _video("info", args)) is not None:
         return rc
+    from .config import UNCHECKED_BY_TENSORS
     from .model import AutoencoderTiny
     from .variants import VARIANTS, variant_config
     from .weights import WeightsError, identify, sha256_file
@@ -749,7 +941,9 @@ def cmd_info(args: argparse.Namespace) -> int:
            "dtype": _source_dtype(source), "diffusers_compatible": model.config.diffusers_compatible,
            "files": [{"path": p, "part": part, "bytes": os.path.getsize(p), "sha256": sha256_file(p),
                       "known_as": identify(p)} for p, part in files],
-           "formats": formats, "auto_precision": _auto_precision()}
+           "formats": formats, "auto_precision": _auto_precision(),
+           "config_from": _config_origin(source, files),
+           "not_checked_against_tensors": {k: model.config[k] for k in UNCHECKED_BY_TENSORS}}
     rep.emit(doc)
     rep.line(f"variant          {variant or 'unknown'}"
              + (f" (architecture of {', '.join(same_arch)})" if same_arch and not variant else ""))
@@ -761,6 +955,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         known = f"  = {f['known_as']}" if f["known_as"] else ""
         rep.line(f"file             {f['path']} ({_kb(f['bytes'])}) sha256 {f['sha256']}{known}")
     rep.line(f"saves to         {', '.join(formats)}")
+    rep.line(f"not in weights   {', '.join(f'{k}={v}' for k, v in doc['not_checked_against_tensors'].items())} "
+             f"(from {doc['config_from']}: no tensor confirms them)")
     for d in doc["auto_precision"]:
         rep.line(f"--precision auto {d['precision']} on {d['device']}: {d['why']}")
     return 0
@@ -774,6 +970,18 @@ def _auto_precision() -> list[dict[str, str]]:
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     return [dict(zip(("device", "precision", "why"), (d, *explain_precision(d)))) for d in devices]
+
+
+def _config_origin(source: Any, files: list[tuple[str, str | None]]) -> str:
+    """Where a loaded model's non-tensor settings came from: a config.json, the variant registry, or defaults."""
+    from .variants import is_variant
+    from .weights import DIFFUSERS_WEIGHTS
+
+    if any(Path(p).name in DIFFUSERS_WEIGHTS for p, _ in files):
+        return "config.json"
+    if isinstance(source, str) and is_variant(source):
+        return "the variant registry"
+    return "the defaults (weights files hold no config)"
 
 
 def forward(command: str, argv: list[str]) -> int:
@@ -849,6 +1057,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="auto (default: the fastest precision that keeps >= 40 dB PSNR against fp32 on real "
                               "photos on this device; `tinyae info` says which), fp32 / bf16 / fp16 (optimize()), "
                               "or exact (the eager float32 network, diffusers' exact function)")
+    compute.add_argument("--max-pixels", type=_positive, default=DEFAULT_MAX_PIXELS,
+                         help=f"refuse images above this many pixels before reading them (default "
+                              f"{DEFAULT_MAX_PIXELS:,}); --stream has no limit")
 
     p = argparse.ArgumentParser(prog="tinyae", description="Tiny AutoEncoders (the TAESD family): encode images "
                                 "to diffusion latents and back, measure, convert weights.",

@@ -30,7 +30,7 @@ from PIL import Image, PngImagePlugin
 
 from .images import EncodedImage
 from .latents import LATENT_MAGNITUDE, LATENT_SHIFT, scale_latents, unscale_latents
-from .weights import atomic_write
+from .weights import FLOAT_DTYPES, atomic_write, first_line
 
 FORMAT = "tinyae.latents"
 PNG_SUFFIX = ".latent.png"
@@ -83,13 +83,25 @@ def save_latents(path: str | os.PathLike, latents: torch.Tensor | EncodedImage, 
 
 
 def _save_safetensors(path: Path, e: EncodedImage) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     tensors = {"latents": e.latents.detach().cpu().contiguous()}
     if e.alpha is not None:
         tensors["alpha"] = torch.from_numpy(np.ascontiguousarray(e.alpha, dtype=np.uint8))
     meta = {"format": FORMAT, **{k: json.dumps(v) for k, v in e.metadata.items()}}
-    atomic_write(path, lambda p: save_file(tensors, p, metadata=meta))
+    data = canonical_safetensors(save(tensors, metadata=meta))
+    atomic_write(path, lambda p: Path(p).write_bytes(data))
+
+
+def canonical_safetensors(data: bytes) -> bytes:
+    """The same safetensors file with its JSON header's keys sorted: safetensors writes the metadata in hash-map
+    order, which differs from run to run; sorted, the same latents always give the same bytes (--resume relies on
+    it). Offsets are relative to the data, so only the header changes (padded with spaces to 8 bytes, as the
+    format allows)."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.dumps(json.loads(data[8:8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)
+    return len(header).to_bytes(8, "little") + header + data[8 + n:]
 
 
 def png_layout(channels: int) -> tuple[int, int]:
@@ -166,11 +178,44 @@ def load_latents(path: str | os.PathLike) -> EncodedImage:
         e = _load_safetensors(path)
     size = e.metadata.get("original_size")
     if size is not None:
-        if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
+        if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                                  and v > 0 for v in size)):
             raise LatentFileError(f"{path}: bad original_size {size!r} in the metadata")
         e.size = (size[0], size[1])
-    e.grayscale = bool(e.metadata.get("grayscale", False))
+    grayscale = e.metadata.get("grayscale", False)
+    if not isinstance(grayscale, bool):
+        raise LatentFileError(f"{path}: bad grayscale {grayscale!r} in the metadata (expected true or false)")
+    e.grayscale = grayscale
+    shape = e.metadata.get("latent_shape")
+    if shape is not None and shape != list(e.latents.shape):
+        raise LatentFileError(f"{path}: the metadata's latent_shape {shape!r} is not the stored "
+                              f"{list(e.latents.shape)}")
+    if e.latents.numel() == 0:
+        raise LatentFileError(f"{path}: holds empty latents {tuple(e.latents.shape)}")
+    if not torch.isfinite(e.latents).all():
+        raise LatentFileError(f"{path}: the latents hold NaN or infinite values")
+    if e.alpha is not None and (e.alpha.ndim != 2 or e.alpha.dtype != np.uint8):
+        raise LatentFileError(f"{path}: bad alpha {e.alpha.dtype} {e.alpha.shape} (expected uint8 (H, W))")
     return e
+
+
+MAX_CHANNELS = 1024  # latent channels a latent PNG may declare (the released variants have 4 to 128)
+MAX_MAGNITUDE = 1000.0  # |latents| a latent PNG may declare (the released variants: 3)
+
+
+def _number(path: Path, meta: dict[str, Any], key: str, low: float, high: float, integer: bool = False,
+            low_open: bool = False) -> Any:
+    """meta[key] range-checked (LatentFileError naming the field): `low` <= value <= `high` (`low` < with
+    low_open), an int when `integer`."""
+    v = meta.get(key)
+    kinds = (int,) if integer else (int, float)
+    ok = isinstance(v, kinds) and not isinstance(v, bool) and math.isfinite(v) and v <= high and (
+        v > low if low_open else v >= low)
+    if not ok:
+        what = "an integer" if integer else "a number"
+        bound = f"{'>' if low_open else '>='} {low:g} and <= {high:g}"
+        raise LatentFileError(f"{path}: bad {key} {v!r} in the latent PNG's metadata (expected {what} {bound})")
+    return int(v) if integer else float(v)
 
 
 def _load_safetensors(path: Path) -> EncodedImage:
@@ -188,8 +233,7 @@ def _load_safetensors(path: Path) -> EncodedImage:
     except LatentFileError:
         raise
     except Exception as e:  # not safetensors, truncated, ...
-        raise LatentFileError(f"{path}: not a latent file ({type(e).__name__}: {str(e).splitlines()[0][:150]})") \
-            from None
+        raise LatentFileError(f"{path}: not a latent file ({first_line(e, 150)})") from None
     meta: dict[str, Any] = {}
     for k, v in raw.items():
         if k == "format":
@@ -198,7 +242,7 @@ def _load_safetensors(path: Path) -> EncodedImage:
             meta[k] = json.loads(v)
         except ValueError:
             meta[k] = v
-    if not latents.is_floating_point() or latents.dim() not in (3, 4):
+    if latents.dtype not in FLOAT_DTYPES or latents.dim() not in (3, 4):
         raise LatentFileError(f"{path}: 'latents' is {latents.dtype} {tuple(latents.shape)}, expected float "
                               "(C, h, w) or (B, C, h, w)")
     return EncodedImage(latents, None, alpha, False, meta)
@@ -211,13 +255,20 @@ def _load_png(path: Path) -> EncodedImage:
             text = dict(getattr(im, "text", {}) or {})
             image = im.copy()
     except Exception as e:
-        raise LatentFileError(f"{path}: cannot read the PNG ({str(e).splitlines()[0][:150]})") from None
+        raise LatentFileError(f"{path}: cannot read the PNG ({first_line(e, 150)})") from None
     if "tinyae" not in text:
         raise LatentFileError(f"{path}: a PNG without tinyae latent metadata (an ordinary image, not a latent PNG)")
     try:
         meta = json.loads(text["tinyae"])
-        channels = int(meta["latent_channels"])
-        latents = png_to_latents(image, channels, float(meta["magnitude"]), float(meta["shift"]))
+    except ValueError as e:
+        raise LatentFileError(f"{path}: damaged latent PNG (metadata: {first_line(e)})") from None
+    if not isinstance(meta, dict):
+        raise LatentFileError(f"{path}: damaged latent PNG (metadata is not a JSON object)")
+    channels = _number(path, meta, "latent_channels", 1, MAX_CHANNELS, integer=True)
+    magnitude = _number(path, meta, "magnitude", 0, MAX_MAGNITUDE, low_open=True)
+    shift = _number(path, meta, "shift", 0, 1)
+    try:
+        latents = png_to_latents(image, channels, magnitude, shift)
         alpha = None
         if "tinyae.alpha" in text:
             with Image.open(io.BytesIO(base64.b64decode(text["tinyae.alpha"]))) as a:
@@ -236,10 +287,18 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
             png = f.read(8) == b"\x89PNG\r\n\x1a\n"
         if png:
             with Image.open(path) as im:
-                return json.loads(getattr(im, "text", {}).get("tinyae", "{}"))
+                meta = json.loads(getattr(im, "text", {}).get("tinyae", "{}"))
+            return meta if isinstance(meta, dict) else {}
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
-            return {k: json.loads(v) for k, v in (f.metadata() or {}).items() if k != "format"}
+            return {k: _json_or_text(v) for k, v in (f.metadata() or {}).items() if k != "format"}
     except Exception:
         return {}
+
+
+def _json_or_text(v: str) -> Any:
+    try:
+        return json.loads(v)
+    except ValueError:
+        return v

@@ -7,6 +7,7 @@ JSON-serialisable, like diffusers' FrozenDict config.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from typing import Any, Iterator
 
@@ -36,6 +37,10 @@ EXTRA_DEFAULTS: dict[str, Any] = {
     "encoder_stem_channels": (),
 }
 DEFAULTS: dict[str, Any] = {**DIFFUSERS_DEFAULTS, **EXTRA_DEFAULTS}
+# Values no weight tensor can confirm (activations and upsampling have no weights; the rest are scalars):
+# taken from config.json as they are (validated, not checked against the tensors), which `tinyae info` says.
+UNCHECKED_BY_TENSORS = ("act_fn", "upsample_fn", "upsampling_scaling_factor", "latent_magnitude", "latent_shift",
+                        "force_upcast", "scaling_factor", "shift_factor")
 
 ACTIVATIONS = ("relu", "silu", "swish", "mish", "gelu")
 UPSAMPLE_MODES = ("nearest", "nearest-exact", "bilinear", "bicubic")
@@ -79,11 +84,12 @@ def validate(params: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"upsample_fn must be one of {UPSAMPLE_MODES}, got {p['upsample_fn']!r}")
     for name in ("latent_magnitude", "scaling_factor"):
         v = p[name]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-            raise ValueError(f"{name} must be a positive number, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
+            raise ValueError(f"{name} must be a positive finite number, got {v!r}")
     for name in ("latent_shift", "shift_factor"):
-        if isinstance(p[name], bool) or not isinstance(p[name], (int, float)):
-            raise ValueError(f"{name} must be a number, got {p[name]!r}")
+        v = p[name]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ValueError(f"{name} must be a finite number, got {v!r}")
     for name in ("force_upcast", "use_midblock_gn"):
         if not isinstance(p[name], bool):
             raise ValueError(f"{name} must be a bool, got {p[name]!r}")

@@ -9,7 +9,8 @@ What happens to each kind of image (documented in docs/cli.md):
   bottom and right, and the decoded image is cropped back to the source size;
 - grayscale is encoded as gray RGB and decoded back to grayscale (luma, ITU-R 601-2 as Pillow's "L");
 - alpha (RGBA, LA, palette transparency) is kept aside, untouched by the model, and put back on decode;
-- 16-bit images (Pillow mode "I;16"/"I") are read at full precision; decoded images are 8-bit;
+- 16-bit images (Pillow mode "I;16"/"I", and 16-bit RGB/RGBA PNGs, which Pillow reduces to 8 bits and pypng
+  reads) are read at full precision; decoded images are 8-bit;
 - the EXIF orientation of a file is applied when it is read (`read_image`).
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -67,9 +69,11 @@ class EncodedImage:
 
 
 # ---------------------------------------------------------------------------------------------- reading
-def read_image(path: str | os.PathLike | bytes, name: str | None = None) -> Image.Image:
+def read_image(path: str | os.PathLike | bytes, max_pixels: int | None = None, name: str | None = None
+               ) -> Image.Image:
     """Open an image file, or an encoded image held in `bytes` (named `name` in errors), fully (EXIF orientation
-    applied). Raises ImageError for a missing or non-image file."""
+    applied). Raises ImageError for a missing or non-image file, or one of more than `max_pixels` pixels (checked
+    on the header, before the pixels are decoded)."""
     if isinstance(path, (bytes, bytearray, memoryview)):
         source: Any = io.BytesIO(path)
         path = Path(name or "<bytes>")
@@ -80,13 +84,57 @@ def read_image(path: str | os.PathLike | bytes, name: str | None = None) -> Imag
         if path.is_dir():
             raise ImageError(f"{path}: is a folder, expected an image file")
     try:
-        with Image.open(source) as im:
-            im.load()
-            return ImageOps.exif_transpose(im)
+        with warnings.catch_warnings():
+            if max_pixels is not None:  # our own limit applies: not Pillow's warning as well
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(source) as im:
+                check_pixels(path, im.size, max_pixels)
+                im.load()
+                return ImageOps.exif_transpose(im)
+    except ImageError:
+        raise
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image (Pillow cannot identify it)") from None
-    except (OSError, ValueError, SyntaxError) as e:  # truncated or corrupt data
-        raise ImageError(f"{path}: cannot read the image ({str(e).splitlines()[0][:200]})") from None
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{path}: {e}") from None
+    except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as e:  # truncated or corrupt data
+        lines = str(e).strip().splitlines()
+        raise ImageError(f"{path}: cannot read the image ({lines[0][:200] if lines else type(e).__name__})") \
+            from None
+
+
+def check_pixels(path: str | os.PathLike, size: tuple[int, int], max_pixels: int | None) -> None:
+    """ImageError when a (width, height) image is above `max_pixels` (None: no limit)."""
+    w, h = size
+    if max_pixels is not None and w * h > max_pixels:
+        raise ImageError(f"{path}: {w}x{h} = {w * h / 1e6:.1f} Mpixel is above the limit of {max_pixels:,} pixels "
+                         "(--max-pixels); use --stream (PNG read or written in row bands, memory flat in image size) "
+                         "or raise --max-pixels")
+
+
+def read_source(path: str | os.PathLike, max_pixels: int | None = None) -> "SourceImage":
+    """An image file as a SourceImage at its full precision (16-bit colour PNGs through pypng)."""
+    im = read_image(path, max_pixels)
+    if _is_16bit_colour_png(path):
+        import png
+
+        try:
+            w, h, rows, info = png.Reader(filename=str(path)).asDirect()
+            a = np.vstack([np.asarray(r, dtype=np.uint16) for r in rows]).reshape(h, w, info["planes"])
+        except (png.Error, ValueError) as e:
+            raise ImageError(f"{path}: cannot read the 16-bit PNG ({e})") from None
+        s = _from_array(a, str(path))
+        if im.size != (w, h):  # EXIF orientation applied by read_image: same for the 16-bit pixels
+            raise ImageError(f"{path}: 16-bit PNGs with an EXIF rotation are not supported")
+        return s
+    return _from_pil(im)
+
+
+def _is_16bit_colour_png(path: str | os.PathLike) -> bool:
+    """A PNG whose IHDR says bit depth 16, colour type RGB (2) or RGBA (6): what Pillow reduces to 8 bits."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    return len(head) == 26 and head[:8] == b"\x89PNG\r\n\x1a\n" and head[24] == 16 and head[25] in (2, 6)
 
 
 def _from_pil(im: Image.Image) -> SourceImage:
@@ -137,7 +185,7 @@ def to_source(image: Any, what: str = "image") -> SourceImage:
     if isinstance(image, SourceImage):
         return image
     if isinstance(image, (str, os.PathLike)):
-        return _from_pil(read_image(image))
+        return read_source(image)
     if isinstance(image, Image.Image):
         return _from_pil(image)
     if isinstance(image, np.ndarray):

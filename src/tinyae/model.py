@@ -67,8 +67,9 @@ class AutoencoderTiny(nn.Module):
     """Tiny AutoEncoder (TAESD family), a drop-in for `diffusers.AutoencoderTiny`.
 
     Images are float tensors (B, 3, H, W) in [-1, 1]; latents are the diffusion model's latents as its denoiser
-    sees them (scaling_factor 1.0). H and W must be multiples of `spatial_scale_factor` (8, or 32 for taesana): use
-    `tinyae.encode_images` to pad other sizes. Inputs of another floating dtype than the model are cast to the
+    sees them (scaling_factor 1.0). As in diffusers, any H and W encode (to ceil-sized latents: 60x60 -> 8x8 at 8x)
+    and batch 0 gives an empty output; `tinyae.encode_images` pads other sizes by reflection and crops back (the
+    decoded image is then the source's size). Inputs of another floating dtype than the model are cast to the
     model's dtype, and outputs are returned in the input's dtype.
 
     Parameters after `shift_factor` are tinyae's own (see `tinyae.config`): `use_midblock_gn` (taef2) and
@@ -76,6 +77,7 @@ class AutoencoderTiny(nn.Module):
     """
 
     _supports_gradient_checkpointing = True
+    _any_size = True  # see _check
 
     def __init__(
         self,
@@ -199,14 +201,25 @@ class AutoencoderTiny(nn.Module):
         if not x.is_floating_point():
             raise ValueError(f"{what} must be a floating-point tensor, got {x.dtype}"
                              + (" (convert uint8 images with x.float() / 127.5 - 1)" if what == "images" else ""))
-        if x.shape[0] == 0 or x.shape[2] == 0 or x.shape[3] == 0:
+        # The torch model runs any height and width, as diffusers (each stride-2 conv gives ceil(n / 2): 60 -> 8
+        # latents at 8x), and batch 0 gives an empty output, as diffusers; tiles are laid on the scale factor's
+        # grid, and other users of these checks (the ONNX backend) keep multiples and batch >= 1.
+        any_size = getattr(self, "_any_size", False) and not getattr(self, "use_tiling", False)
+        if x.shape[2] == 0 or x.shape[3] == 0 or (x.shape[0] == 0 and not getattr(self, "_any_size", False)):
             raise ValueError(f"{what} is empty: shape {tuple(x.shape)}")
-        if multiple > 1 and (x.shape[2] % multiple or x.shape[3] % multiple):
+        if not any_size and multiple > 1 and (x.shape[2] % multiple or x.shape[3] % multiple):
             raise ValueError(f"image height and width must be multiples of {multiple}, got {x.shape[2]}x"
                              f"{x.shape[3]}; pad the image (tinyae.encode_images pads by reflection and crops back)")
         if x.device != self.device:
             raise ValueError(f"{what} are on {x.device} but the model is on {self.device}")
         return self._finite(x, what) if finite else x
+
+    def _finite_output(self, out: torch.Tensor, doing: str, what: str, dtype: torch.dtype) -> None:
+        """Finite inputs can still overflow (1e30 pixels, float64 1e300 cast to float32): never return NaN/Inf."""
+        if self.check_finite and not all_finite(out):
+            raise ValueError(f"{doing} gave NaN or infinite {what}: the input values are too large for the model's "
+                             f"{str(self.dtype).replace('torch.', '')} arithmetic (expected images in [-1, 1], raw "
+                             "latents of magnitude about 3)")
 
     def _finite(self, x: torch.Tensor, what: str) -> torch.Tensor:
         if self.check_finite and not all_finite(x):
@@ -254,6 +267,7 @@ class AutoencoderTiny(nn.Module):
             return self._finite(t, "images") if late else t
 
         out = self._net(encoder, x, prepare).to(x.dtype)
+        self._finite_output(out, "encoding", "latents", x.dtype)
         return AutoencoderTinyOutput(latents=out) if return_dict else (out,)
 
     def decode(self, x: torch.Tensor, generator: torch.Generator | None = None, return_dict: bool = True
@@ -266,6 +280,7 @@ class AutoencoderTiny(nn.Module):
         x = self._check(x, "latents", self.config.latent_channels, 1)
         wide = torch.promote_types(self.dtype, x.dtype)
         out = self._net(decoder, x.to(self.dtype)).to(wide).mul_(2).sub_(1).to(x.dtype)
+        self._finite_output(out, "decoding", "images", x.dtype)
         return DecoderOutput(sample=out) if return_dict else (out,)
 
     def forward(self, sample: torch.Tensor, return_dict: bool = True) -> DecoderOutput | tuple[torch.Tensor]:

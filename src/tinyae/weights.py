@@ -18,10 +18,14 @@ Pickled files are read with `torch.load(weights_only=True)`: nothing in a file i
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
+import pickle
 import re
+import socket
+import threading
 import tempfile
 from collections import defaultdict
 from pathlib import Path
@@ -46,6 +50,16 @@ class WeightsError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------- files
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """`Type: first line of the message` of an exception, for one-line errors (also when the message is empty)."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:limit]}" if lines else type(e).__name__
+
+
+# float dtypes a weights file may hold (fp8 and other exotic dtypes are refused: they have no arithmetic on CPU)
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -75,8 +89,13 @@ def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         else:
             sd = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, corrupt, not a weights file, or a pickle asking to run code
-        raise WeightsError(f"{path}: cannot read weights ({type(e).__name__}: {str(e).splitlines()[0][:200]})") \
-            from None
+        if isinstance(e, pickle.UnpicklingError) and "weights_only" in str(e):
+            raise WeightsError(
+                f"{path}: cannot read weights: the file contains code or Python objects, which tinyae never loads "
+                "(only tensors). If you "
+                "trust its origin, convert it once in a throw-away environment to a state dict of tensors saved "
+                "with safetensors.torch.save_file, and load that") from None
+        raise WeightsError(f"{path}: cannot read weights ({first_line(e)})") from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or not sd:
@@ -84,23 +103,87 @@ def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     bad = [k for k, v in sd.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
         raise WeightsError(f"{path}: entries that are not tensors: {bad[:5]}")
+    for k, v in sd.items():
+        if v.layout != torch.strided:
+            raise WeightsError(f"{path}: tensor {k} is {str(v.layout).replace('torch.', '')}; only dense tensors "
+                               "are supported")
+        if v.dtype not in FLOAT_DTYPES:
+            raise WeightsError(f"{path}: tensor {k} has dtype {str(v.dtype).replace('torch.', '')}; expected "
+                               "float16, bfloat16, float32 or float64")
     return sd
 
 
+def _owner_tag() -> str:
+    """`host-pid` of this process: what makes a temporary file's name its own."""
+    return f"{re.sub(r'[^A-Za-z0-9-]', '-', socket.gethostname())}-{os.getpid()}"
+
+
 def atomic_write(path: str | os.PathLike, write) -> None:
-    """Write through `write(tmp_path)` to a temporary file beside `path`, then rename over it."""
+    """Write through `write(tmp_path)` to a temporary file beside `path`, fsync it, then rename over `path`.
+
+    The temporary file is `.<name>.<host>-<pid>.<random>.tmp`: owned by this process (see `remove_stale_temps`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_owner_tag()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
         os.chmod(tmp, _file_mode(path))  # mkstemp makes 0600; give the usual mode (or keep the replaced file's)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the bytes are on disk before the name points at them
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    try:  # make the rename itself durable
+        dfd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
+
+
+_TEMP_OWNER = re.compile(r"\.(?P<host>[A-Za-z0-9-]+)-(?P<pid>\d+)\.[^.]+\.tmp$")
+
+
+def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files `atomic_write` left beside `path` in a process that has died (killed -9).
+
+    Only provably stale files go: written on this host by a process id that no longer runs. Another live run's
+    temporary file, or one of unknown origin, is left alone. Returns the removed paths."""
+    path = Path(path)
+    host = _owner_tag().rsplit("-", 1)[0]
+    removed = []
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        m = _TEMP_OWNER.search(tmp.name[len(path.name) + 1:])
+        if not m or m["host"] != host or _pid_alive(int(m["pid"])):
+            continue
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def _file_mode(path: Path) -> int:
@@ -189,8 +272,10 @@ def _layers(sd: dict[str, torch.Tensor], part: str) -> dict[int, dict[str, torch
     prefix = f"{part}.layers."
     for k, v in sd.items():
         if k.startswith(prefix):
-            idx, rest = k[len(prefix):].split(".", 1)
-            layers[int(idx)][rest] = v
+            m = _NUM.match(k[len(prefix):])
+            if not m:
+                raise WeightsError(f"unexpected tensor {k!r} (expected {prefix}<number>.<name>)")
+            layers[int(m.group(1))][m.group(2)] = v
     return dict(layers)
 
 
@@ -283,12 +368,23 @@ def build(sd: dict[str, torch.Tensor], config: dict[str, Any] | None = None, sou
     """A model from diffusers-keyed tensors: architecture from `config` if given, else inferred; strict load."""
     from .model import AutoencoderTiny
 
-    inferred = infer_config(sd)
+    try:
+        inferred = infer_config(sd)
+    except WeightsError as e:
+        raise WeightsError(f"{source}: {e}") from None
     has = {"has_encoder": inferred.pop("has_encoder"), "has_decoder": inferred.pop("has_decoder")}
-    if config is not None:
-        params = TinyConfig.from_dict(config).init_kwargs()
-    else:
-        params = {**DEFAULTS, **inferred}
+    if has["has_encoder"]:
+        inferred.setdefault("encoder_stem_channels", ())
+    try:
+        params = TinyConfig.from_dict(config if config is not None else {**DEFAULTS, **inferred}).init_kwargs()
+    except ValueError as e:
+        raise WeightsError(f"{source}: config: {e}") from None
+    # The architecture the tensors imply must be the config's before anything is allocated: a config asking for
+    # 100000 channels must not build a 100000-channel network to find out.
+    differ = [f"{k} {params[k]!r} (the tensors have {v!r})" for k, v in inferred.items() if params.get(k) != v]
+    if differ:
+        raise WeightsError(f"{source}: the config does not match the tensors (wrong shapes): "
+                           f"{'; '.join(differ[:3])}")
     try:
         model = AutoencoderTiny(**params, **has)
     except ValueError as e:
@@ -297,8 +393,8 @@ def build(sd: dict[str, torch.Tensor], config: dict[str, Any] | None = None, sou
     if problem:
         raise WeightsError(f"{source}: tensors do not fit the architecture: {problem}")
     for k, v in sd.items():
-        if not v.is_floating_point():
-            raise WeightsError(f"{source}: tensor {k} has dtype {v.dtype}, expected floating point")
+        if v.dtype not in FLOAT_DTYPES or v.layout != torch.strided:
+            raise WeightsError(f"{source}: tensor {k} is {v.dtype} {v.layout}, expected dense floating point")
         if not torch.isfinite(v).all():
             raise WeightsError(f"{source}: tensor {k} holds NaN or infinite values")
     model.load_state_dict(sd, strict=True)  # float32 model; from_pretrained(torch_dtype=...) casts after
@@ -307,10 +403,17 @@ def build(sd: dict[str, torch.Tensor], config: dict[str, Any] | None = None, sou
 
 # ---------------------------------------------------------------------------------------------- hub
 _SHA256_NAME = re.compile(r"[0-9a-f]{64}")
+_SHA1_NAME = re.compile(r"[0-9a-f]{40}")
+DOWNLOAD_DEADLINE_ENV = "TINYAE_DOWNLOAD_TIMEOUT"
+DOWNLOAD_DEADLINE = 300.0  # seconds for one file, all retries included
 
 
 class WeightsNotCachedError(WeightsError):
     """A hub file that is not in the cache while the hub cannot be reached (or offline mode is on)."""
+
+
+class _HubAnswered(WeightsNotCachedError):
+    """Not cached, and the hub answered with an HTTP error (it is reachable but failing)."""
 
 
 class _NotOnHub(WeightsError):
@@ -350,7 +453,7 @@ def hub_download(repo_id: str, filename: str, *, sha256: str | None = None, revi
     while offline or unreachable, unknown repository or revision, an interrupted or short transfer, a sha256
     mismatch (see `_verify`).
     """
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.errors import (GatedRepoError, LocalEntryNotFoundError, OfflineModeIsEnabled,
                                         RepositoryNotFoundError, RevisionNotFoundError)
 
@@ -363,10 +466,20 @@ def hub_download(repo_id: str, filename: str, *, sha256: str | None = None, revi
 
     settings = _hub_settings(cache_dir, local_files_only)
     where = f"{repo_id}/{subfolder + '/' if subfolder else ''}{filename}"
+    deadline = _download_deadline()
     try:
-        path = hf_hub_download(repo_id, filename, subfolder=subfolder, revision=revision, token=token,
-                               library_name="tinyae", library_version=__version__, **settings)
-    except (LocalEntryNotFoundError, OfflineModeIsEnabled):
+        path = _with_deadline(lambda: hf_hub_download(
+            repo_id, filename, subfolder=subfolder, revision=revision, token=token, library_name="tinyae",
+            library_version=__version__, etag_timeout=constants.HF_HUB_ETAG_TIMEOUT, **settings), deadline)
+    except TimeoutError:
+        raise WeightsError(f"{where}: the download did not finish within {deadline:g} s (the hub answers too slowly "
+                           f"or not at all); nothing was cached. Try again later, or allow more time with "
+                           f"${DOWNLOAD_DEADLINE_ENV}=SECONDS") from None
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as e:
+        answer = _hub_answer(e)
+        if answer and not settings["local_files_only"]:
+            raise _HubAnswered(f"{where}: not in the local huggingface_hub cache and the hub answered "
+                                        f"{answer}; try again later, or pass local weights instead") from None
         raise _not_cached(where, settings["local_files_only"]) from None
     except RemoteEntryNotFoundError:
         raise _NotOnHub(f"{where}: no such file in the repository"
@@ -379,10 +492,57 @@ def hub_download(repo_id: str, filename: str, *, sha256: str | None = None, revi
     except RevisionNotFoundError:
         raise WeightsError(f"{repo_id}: revision {revision!r} not found on the hub") from None
     except Exception as e:  # interrupted or short transfer, server error, ...: huggingface_hub keeps no partial file
-        raise WeightsError(f"{where}: download failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-                           "nothing was cached, try again") from None
+        raise WeightsError(f"{where}: download failed ({first_line(e)}); nothing was cached, try again") from None
     _verify(path, sha256, where)
     return path
+
+
+def _download_deadline() -> float:
+    """Seconds one hub file may take in all (${DOWNLOAD_DEADLINE_ENV}, default 300): huggingface_hub's own timeouts
+    bound each read (HF_HUB_DOWNLOAD_TIMEOUT) and retry, but a trickling answer never ends."""
+    text = os.environ.get(DOWNLOAD_DEADLINE_ENV, "").strip()
+    try:
+        value = float(text) if text else DOWNLOAD_DEADLINE
+    except ValueError:
+        raise WeightsError(f"${DOWNLOAD_DEADLINE_ENV}={text!r}: expected a number of seconds") from None
+    if not value > 0:
+        raise WeightsError(f"${DOWNLOAD_DEADLINE_ENV}={text!r}: expected a positive number of seconds")
+    return value
+
+
+def _with_deadline(call, seconds: float):
+    """`call()` in a daemon thread; TimeoutError when it has not returned after `seconds`. huggingface_hub writes a
+    download to `.incomplete` and renames it when complete, so an abandoned transfer never becomes a cached file."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as e:  # handed to the caller's thread
+            box["error"] = e
+
+    worker = threading.Thread(target=run, name="tinyae-download", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        raise TimeoutError(seconds)
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def _hub_answer(e: BaseException) -> str | None:
+    """'HTTP 500 (...)' when huggingface_hub gave up because the hub answered with an error (not unreachable)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        response = getattr(e, "response", None)
+        status = getattr(response, "status_code", None)
+        if isinstance(status, int) and status >= 400:
+            reason = getattr(response, "reason_phrase", None) or getattr(response, "reason", None) or ""
+            return f"HTTP {status}" + (f" ({reason})" if reason else "")
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def _verify(path: str, sha256: str | None, where: str) -> None:
@@ -392,6 +552,13 @@ def _verify(path: str, sha256: str | None, where: str) -> None:
     checks = [("pinned", sha256.lower())] if sha256 else []
     if _SHA256_NAME.fullmatch(blob):
         checks.append(("announced by the hub", blob))
+    elif _SHA1_NAME.fullmatch(blob):  # a small (non-LFS) file: its blob is named by its ETag, the git blob sha1
+        actual = _git_blob_sha1(path)
+        if actual != blob:
+            _evict(path, blob)
+            raise WeightsError(f"{where}: git sha1 mismatch (expected {blob}, announced by the hub; got {actual}): "
+                               "the file is corrupt. It was removed from the cache, so the next run downloads it "
+                               "again")
     if not checks:
         return
     actual = sha256_file(path)
@@ -401,6 +568,12 @@ def _verify(path: str, sha256: str | None, where: str) -> None:
             raise WeightsError(f"{where}: sha256 mismatch (expected {expected}, {what}; got {actual}): the file is "
                                "corrupt or not the one asked for. It was removed from the cache, so the next run "
                                "downloads it again")
+
+
+def _git_blob_sha1(path: str) -> str:
+    """The git blob sha1 of a file: what the hub announces as the ETag of a file stored in git (not LFS)."""
+    data = Path(path).read_bytes()
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
 def _evict(path: str, expected: str) -> None:
@@ -418,11 +591,21 @@ def _evict(path: str, expected: str) -> None:
             pass
 
 
+def _hub_config(path: str, where: str) -> dict[str, Any]:
+    """A cached hub config.json, read and validated; one that fails is evicted (the next run downloads it again)."""
+    try:
+        return _read_config(path)
+    except WeightsError as e:
+        _evict(path, os.path.basename(os.path.realpath(path)))
+        raise WeightsError(f"{where}: {str(e).split(': ', 1)[-1]}. It was removed from the cache, so the next "
+                           "run downloads it again") from None
+
+
 def _variant_files(v: Variant, **hub: Any) -> dict[str, Any]:
     if v.layout == "diffusers":
         cfg_path = hub_download(v.repo_id, "config.json", **hub)
         w = hub_download(v.repo_id, v.files[1], sha256=v.sha256.get(v.files[1]), **hub)
-        return {"config": _read_config(cfg_path), "files": [(w, None)]}
+        return {"config": _hub_config(cfg_path, f"{v.repo_id}/config.json"), "files": [(w, None)]}
     files: list[tuple[str, str]] = []
     try:
         for f in v.files:
@@ -436,7 +619,12 @@ def _variant_files(v: Variant, **hub: Any) -> dict[str, Any]:
         if isinstance(e, _NotOnHub):
             return _repo_files(v.repo_id, **hub)
         subfolder = hub.pop("subfolder", None)
-        return _cached_repo_files(v.repo_id, subfolder, **hub)
+        try:
+            return _cached_repo_files(v.repo_id, subfolder, **hub)
+        except WeightsNotCachedError:
+            if isinstance(e, _HubAnswered):
+                raise e from None
+            raise
     return {"config": None, "files": files}
 
 
@@ -454,22 +642,26 @@ def _repo_files(repo_id: str, *, subfolder: str | None = None, **hub: Any) -> di
         cfg_path = hub_download(repo_id, "config.json", subfolder=subfolder, **hub)
     except _NotOnHub:
         cfg_path = None
-    except WeightsNotCachedError:
-        return _cached_repo_files(repo_id, subfolder, **hub)
+    except WeightsNotCachedError as e:
+        try:
+            return _cached_repo_files(repo_id, subfolder, **hub)
+        except WeightsNotCachedError:
+            if isinstance(e, _HubAnswered):
+                raise e from None  # what the hub answered, not only that the cache is empty
+            raise
     if cfg_path is not None:
         for name in DIFFUSERS_WEIGHTS:
             try:
                 w = hub_download(repo_id, name, subfolder=subfolder, **hub)
             except _NotOnHub:
                 continue
-            return {"config": _read_config(cfg_path), "files": [(w, None)]}
+            return {"config": _hub_config(cfg_path, f"{repo_id}/config.json"), "files": [(w, None)]}
         raise WeightsError(f"{repo_id}: has config.json but no {' or '.join(DIFFUSERS_WEIGHTS)}")
     try:
         names = HfApi(endpoint=settings["endpoint"]).list_repo_files(repo_id, revision=hub.get("revision"),
                                                                      token=hub.get("token"))
     except Exception as e:
-        raise WeightsError(f"{repo_id}: cannot list the repository ({type(e).__name__}: "
-                           f"{str(e).splitlines()[0][:200]})") from None
+        raise WeightsError(f"{repo_id}: cannot list the repository ({first_line(e)})") from None
     if subfolder:
         prefix = subfolder.strip("/") + "/"
         names = [n[len(prefix):] for n in names if n.startswith(prefix)]
@@ -523,6 +715,8 @@ def _cached_repo_files(repo_id: str, subfolder: str | None, *, revision: str | N
                 raise WeightsError(incomplete) from None
     for path, _ in found["files"]:
         _verify(path, None, f"{repo_id}/{os.path.basename(path)}")
+    if "config.json" in names:
+        _verify(str(folder / "config.json"), None, f"{repo_id}/config.json")
     return found
 
 
@@ -532,9 +726,13 @@ def _read_config(path: str | os.PathLike) -> dict[str, Any]:
         with open(path, encoding="utf-8") as f:
             cfg = json.load(f)
     except (OSError, ValueError) as e:
-        raise WeightsError(f"{path}: cannot read config ({type(e).__name__}: {e})") from None
+        raise WeightsError(f"{path}: cannot read config ({first_line(e)})") from None
     if not isinstance(cfg, dict):
         raise WeightsError(f"{path}: config is not a JSON object")
+    try:
+        TinyConfig.from_dict(cfg)
+    except (ValueError, TypeError) as e:
+        raise WeightsError(f"{path}: bad config ({e})") from None
     return cfg
 
 
@@ -627,7 +825,12 @@ def load(source: Any, *, sha256: str | dict[str, str] | None = None, revision: s
         if clash:
             raise WeightsError(f"{path}: tensors already given by another file, e.g. {sorted(clash)[:3]}")
         sd.update(tensors)
-    return build(sd, found["config"], source=label)
+    try:
+        return build(sd, found["config"], source=label)
+    except WeightsError:
+        raise
+    except Exception as e:  # a tensor layout the checks above did not foresee: still one WeightsError
+        raise WeightsError(f"{label}: cannot build a model from these tensors ({first_line(e)})") from None
 
 
 def state_dict_of(model: "AutoencoderTiny", dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:

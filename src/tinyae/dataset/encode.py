@@ -89,7 +89,7 @@ def prepare(source: Source, item: Item, pre: Preprocess) -> Prepared:
         return Prepared(item, error=_reason(data))
     out = Prepared(item, hashlib.sha256(data).hexdigest())
     try:
-        out.variants = pre.apply(read_image(data, item.locator), item.key)
+        out.variants = pre.apply(read_image(data, name=item.locator), item.key)
     except Exception as e:  # noqa: BLE001 - a bad image is a row in the errors table, not a failed job
         out.error = _reason(e)
     return out

@@ -1,0 +1,174 @@
+"""The engine's composition targets (issue: one execution engine), on the real TAEF2 (GroupNorm branch included).
+
+    PYTHONPATH=src python benchmarks/engine.py [--stream-size 16384] [--tile-size 2048] [--cli-images 8]
+                                               [--threads 2] [--weights ../shared/weights] [--photos ../shared/images]
+
+1. streamed decode to PNG (`decode_to_png` on `optimize()`, auto precision) of a --stream-size² image: wall time and
+   peak RSS, against the in-memory optimized decode at --tile-size² per pixel, in the same run;
+2. --tile-size² tiled decode and encode with `optimize()` against in-memory: time and peak RSS;
+3. the CLI (`tinyae encode` / `tinyae decode` of a folder of 512² photos, default settings) against `optimize()`
+   called from Python on the same images, per image with the CLI's start-up subtracted (a 1-image run), and the
+   CLI output's PSNR against `--precision exact`.
+Each measurement runs in a fresh process, so peak RSS (ru_maxrss) is its own. Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _model(weights: str, threads: int):
+    import torch
+
+    from tinyae import AutoencoderTiny
+
+    torch.set_num_threads(threads)
+    return AutoencoderTiny.from_pretrained((f"{weights}/taef2_encoder.pth", f"{weights}/taef2_decoder.pth"))
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def one(mode: str, size: int, weights: str, threads: int) -> dict:
+    import torch
+
+    from tinyae.tiling import decode_to_png
+
+    fast = _model(weights, threads).optimize()
+    torch.manual_seed(0)
+    z = torch.randn(1, 32, size // 8, size // 8).clamp(-2.5, 2.5)
+    x = (torch.rand(1, 3, size, size) * 2 - 1) if mode.endswith("encode") else None
+    warm = torch.randn(1, 32, 32, 32)
+    fast.decode(warm)
+    fast.encode(torch.zeros(1, 3, 256, 256))
+    base = _rss_mb()
+    start = time.perf_counter()
+    if mode == "memory-decode":
+        fast.decode(z)
+    elif mode == "memory-encode":
+        fast.encode(x)
+    elif mode == "tiled-decode":
+        fast.enable_tiling()
+        fast.decode(z)
+    elif mode == "tiled-encode":
+        fast.enable_tiling()
+        fast.encode(x)
+    elif mode == "streamed-png":
+        with tempfile.TemporaryDirectory() as tmp:
+            decode_to_png(fast, z, os.path.join(tmp, "out.png"), compression=1)
+    else:
+        raise SystemExit(f"unknown mode {mode}")
+    return {"mode": mode, "size": size, "seconds": time.perf_counter() - start, "peak_rss_mb": _rss_mb(),
+            "model_rss_mb": base, "precision": fast.precision}
+
+
+def _child(mode: str, size: int, args: argparse.Namespace) -> dict:
+    cmd = [sys.executable, __file__, "--one", mode, str(size), "--threads", str(args.threads), "--weights",
+           args.weights]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _cli(args: argparse.Namespace, *cli_args: str) -> float:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1"}
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "tinyae", *cli_args], check=True, capture_output=True, env=env)
+    return time.perf_counter() - start
+
+
+def cli_bench(args: argparse.Namespace) -> list[str]:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from tinyae.images import psnr
+
+    model = f"{args.weights}/taef2_encoder.pth,{args.weights}/taef2_decoder.pth"
+    photos = sorted(Path(args.photos).glob("*.png")) + sorted(Path(args.photos, "train").glob("*.png"))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        src, one_dir = Path(tmp, "src"), Path(tmp, "one")
+        src.mkdir(), one_dir.mkdir()
+        for i in range(args.cli_images):
+            im = Image.open(photos[i % len(photos)]).convert("RGB").resize((512, 512), Image.BICUBIC)
+            im.save(src / f"im{i:03d}.png")
+        Image.open(src / "im000.png").save(one_dir / "im000.png")
+        n = args.cli_images
+        t_enc_n = _cli(args, "encode", str(src), "-o", f"{tmp}/z", "--model", model)
+        t_enc_1 = _cli(args, "encode", str(one_dir), "-o", f"{tmp}/z1", "--model", model)
+        t_dec_n = _cli(args, "decode", f"{tmp}/z", "-o", f"{tmp}/d", "--model", model)
+        t_dec_1 = _cli(args, "decode", f"{tmp}/z1", "-o", f"{tmp}/d1", "--model", model)
+        _cli(args, "decode", f"{tmp}/z", "-o", f"{tmp}/exact", "--model", model, "--precision", "exact")
+        quality = min(psnr(np.asarray(Image.open(f"{tmp}/d/im{i:03d}.png")),
+                           np.asarray(Image.open(f"{tmp}/exact/im{i:03d}.png"))) for i in range(n))
+        fast = _model(args.weights, args.threads).optimize()
+        xs = [torch.from_numpy(np.array(Image.open(src / f"im{i:03d}.png"))).permute(2, 0, 1)[None].float() / 127.5 - 1
+              for i in range(n)]
+        fast.encode(xs[0])
+        start = time.perf_counter()
+        zs = [fast.encode(x).latents for x in xs]
+        py_enc = (time.perf_counter() - start) / n
+        fast.decode(zs[0])
+        start = time.perf_counter()
+        for z in zs:
+            fast.decode(z)
+        py_dec = (time.perf_counter() - start) / n
+    cli_enc, cli_dec = (t_enc_n - t_enc_1) / (n - 1), (t_dec_n - t_dec_1) / (n - 1)
+    rows.append(f"| CLI encode, per 512² image (start-up excluded) | {cli_enc * 1000:.0f} ms | Python optimize() "
+                f"{py_enc * 1000:.0f} ms | {cli_enc / py_enc:.2f}x |")
+    rows.append(f"| CLI decode, per 512² image (start-up excluded) | {cli_dec * 1000:.0f} ms | Python optimize() "
+                f"{py_dec * 1000:.0f} ms | {cli_dec / py_dec:.2f}x |")
+    rows.append(f"| CLI decode default vs --precision exact | {quality:.1f} dB (lowest of {n}) | | |")
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--stream-size", type=int, default=16384)
+    ap.add_argument("--tile-size", type=int, default=2048)
+    ap.add_argument("--cli-images", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--weights", default=str(ROOT.parent / "shared" / "weights"))
+    ap.add_argument("--photos", default=str(ROOT.parent / "shared" / "images"))
+    ap.add_argument("--skip", nargs="*", default=[], choices=["stream", "tile", "cli"])
+    ap.add_argument("--one", nargs=2, metavar=("MODE", "SIZE"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        print(json.dumps(one(args.one[0], int(args.one[1]), args.weights, args.threads)))
+        return
+    print("| measurement | result | reference | ratio |")
+    print("|---|---|---|---|")
+    mem = {op: _child(f"memory-{op}", args.tile_size, args) for op in ("decode", "encode")}
+    if "tile" not in args.skip:
+        for op in ("decode", "encode"):
+            t = _child(f"tiled-{op}", args.tile_size, args)
+            print(f"| {args.tile_size}² tiled {op}, optimize() ({t['precision']}) | {t['seconds']:.2f} s, peak RSS "
+                  f"{t['peak_rss_mb']:.0f} MB | in memory {mem[op]['seconds']:.2f} s, {mem[op]['peak_rss_mb']:.0f} MB "
+                  f"| time {t['seconds'] / mem[op]['seconds']:.2f}x, memory "
+                  f"{(t['peak_rss_mb'] - t['model_rss_mb']) / max(1, mem[op]['peak_rss_mb'] - mem[op]['model_rss_mb']):.2f}x "
+                  f"(above the loaded model) |", flush=True)
+    if "stream" not in args.skip:
+        s = _child("streamed-png", args.stream_size, args)
+        per_px = mem["decode"]["seconds"] / args.tile_size ** 2
+        ratio = s["seconds"] / args.stream_size ** 2 / per_px
+        print(f"| {args.stream_size}² streamed decode to PNG, optimize() ({s['precision']}) | {s['seconds']:.0f} s, "
+              f"peak RSS {s['peak_rss_mb']:.0f} MB | in memory at {args.tile_size}²: {per_px * 1e9:.0f} ns/pixel "
+              f"| {ratio:.2f}x per pixel |", flush=True)
+    if "cli" not in args.skip:
+        for row in cli_bench(args):
+            print(row, flush=True)
+
+
+if __name__ == "__main__":
+    main()
