@@ -42,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(seeded) instead of its mean")
     g = p.add_argument_group("data")
     g.add_argument("--data", nargs="+", required=True, metavar="DIR", help="training image folders (recursive)")
-    g.add_argument("--val", metavar="DIR", help="held-out images for evaluation (centre 256 px crops)")
+    g.add_argument("--val", metavar="DIR", help="held-out images for evaluation")
+    g.add_argument("--val-size", type=int, default=d.val_size, metavar="PX",
+                   help=f"evaluate on the centre PX x PX crop of each validation image (default {d.val_size})")
     g.add_argument("--crop", type=int, metavar="PX", help=f"crop side for the whole run (default "
                    f"{d.crop_schedule[0][0]})")
     g.add_argument("--crop-schedule", metavar="PX:STEP,...", help="crop side from each step on, e.g. "
@@ -105,7 +107,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> TrainConfig:
     return TrainConfig(
         teacher=args.teacher, student=args.student, data=args.data, val=args.val, family=args.family,
         scaling_factor=args.scaling_factor, shift_factor=args.shift_factor, latent_sample=args.latent_sample,
-        train=args.train, crop_schedule=schedule, batch_size=args.batch_size, flip=args.flip,
+        val_size=args.val_size, train=args.train, crop_schedule=schedule, batch_size=args.batch_size, flip=args.flip,
         color_aug=args.color_aug, seed=args.seed, lr=args.lr, betas=betas, weight_decay=args.weight_decay,
         grad_clip=args.grad_clip, ema=args.ema, precision=args.precision, w_latent=args.w_latent,
         w_adv=args.w_adv, w_pool=args.w_pool, w_mse=w_mse, adversarial=args.adversarial, disc_lr=args.disc_lr,

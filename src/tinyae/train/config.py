@@ -12,7 +12,7 @@ from typing import Any
 
 # May change on resume: they decide how long and how observably we train, not what is trained.
 BUDGET_FIELDS = ("max_steps", "time_budget", "checkpoint_every", "checkpoint_minutes", "eval_every", "log_every",
-                 "device", "export_formats")
+                 "val_size", "device", "export_formats")
 ADVERSARIAL = ("patch", "off")
 TRAIN_PARTS = ("both", "encoder", "decoder")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -26,6 +26,7 @@ class TrainConfig:
     student: str  # variant name (architecture, from scratch), config.json / JSON text, or a tinyae weights source
     data: list[str]  # image folders (recursive)
     val: str | None = None  # held-out image folder for evaluation
+    val_size: int = 256  # evaluation on the centre val_size x val_size crop of each validation image
     # latent convention: the registry family's (tinyae.variants.FAMILIES) or explicit factors; None = inferred
     family: str | None = None
     scaling_factor: float | None = None
@@ -43,7 +44,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.99)
     weight_decay: float = 0.0
     grad_clip: float = 1.0  # max global gradient norm (0 = off)
-    ema: float = 0.999  # EMA decay of the student (0 = EMA is the student)
+    ema: float = 0.999  # EMA decay of the student (warmed up: min(ema, (1 + step) / (10 + step)); 0 = no EMA)
     precision: str = "auto"  # auto (bf16 where the device supports it, else fp32) | fp32 | bf16 | fp16 (CUDA)
     # losses (each a weight; 0 turns a term off)
     w_latent: float = 1.0  # encoder: MSE to the teacher's latents
@@ -126,7 +127,7 @@ def check(c: TrainConfig) -> None:
             raise ValueError(f"crop sizes must be multiples of 8 (of 32 for a 32x model) and >= 8, got {px}")
     positive = {"batch_size": c.batch_size, "lr": c.lr, "disc_lr": c.disc_lr, "disc_width": c.disc_width,
                 "checkpoint_every": c.checkpoint_every, "eval_every": c.eval_every, "log_every": c.log_every,
-                "checkpoint_minutes": c.checkpoint_minutes}
+                "checkpoint_minutes": c.checkpoint_minutes, "val_size": c.val_size}
     for name, v in positive.items():
         if not v > 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {v}")

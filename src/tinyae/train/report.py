@@ -81,9 +81,9 @@ def plot_curves(records: list[dict[str, Any]], path: Path) -> bool:
             a.plot(*zip(*pts), label=key)
     if a.lines:
         a.set_yscale("log")
+        a.legend()
     a.set_xlabel("step")
     a.set_title("training losses")
-    a.legend()
     for key in ("psnr", "teacher_psnr", "latent_psnr", "roundtrip_psnr", "via_teacher_psnr"):
         pts = [(r["step"], r[key]) for r in evals if r.get(key) is not None]
         if pts:
@@ -91,7 +91,7 @@ def plot_curves(records: list[dict[str, Any]], path: Path) -> bool:
     b.set_xlabel("step")
     b.set_ylabel("dB")
     b.set_title("validation")
-    if evals:
+    if b.lines:
         b.legend()
     fig.tight_layout()
     atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=80))

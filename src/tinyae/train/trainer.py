@@ -137,7 +137,7 @@ class Trainer:
         self.val = []
         if c.val:
             f = self.student.spatial_scale_factor
-            for name, path, x, (y0, x0) in val_images(c.val, 256, f):
+            for name, path, x, (y0, x0) in val_images(c.val, c.val_size, f):
                 z = None
                 if latents_for is not None:
                     full = latents_for(path)
@@ -256,7 +256,7 @@ class Trainer:
 
     @torch.no_grad()
     def _update_ema(self) -> None:
-        d = self.cfg.ema
+        d = min(self.cfg.ema, (1 + self.step) / (10 + self.step))  # warm-up: early weights fade out fast
         for pe, p in zip(self.ema.parameters(), self.student.parameters()):
             if p.requires_grad:
                 pe.lerp_(p, 1 - d)
