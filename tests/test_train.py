@@ -329,3 +329,15 @@ def test_ranks_read_disjoint_shards(fx):
     x1, _ = d.batch(0, 4, 16)
     x2, _ = d.batch(0, 4, 16)
     assert torch.equal(x1, x2)
+
+
+def test_time_budget_stops_and_a_larger_one_resumes(fx, tmp_path):
+    cfg = dict(teacher=str(fx / "vae"), student=STUDENT, data=[str(fx / "data")], crop_schedule=[(16, 0)],
+               batch_size=2, adversarial="off", w_mse=1.0, precision="fp32", export_formats=())
+    first = Trainer(TrainConfig(**cfg, time_budget=1e-6), tmp_path / "run", progress=False).run()
+    assert first["step"] == 1
+    again = Trainer(TrainConfig(**cfg, time_budget=1e-6, max_steps=3), tmp_path / "run", progress=False)
+    assert again.resumed and again.step == 1
+    assert again.run()["step"] == 1  # the time budget is spent: nothing more
+    more = Trainer(TrainConfig(**cfg, max_steps=3), tmp_path / "run", progress=False).run()
+    assert more["step"] == 3

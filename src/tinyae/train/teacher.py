@@ -15,6 +15,7 @@ The convention: explicit `scaling_factor`/`shift_factor` win, then the registry 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -204,7 +205,7 @@ def load_teacher(source: str, *, family: str | None = None, scaling_factor: floa
             t.scale_factor = max(8, round(first.size[0] / first.latents.shape[-1]))
         return t
     cfg = _diffusers_config(source)
-    if cfg is None and "/" in source and not Path(source).exists():
+    if cfg is None and re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not Path(source).exists():
         cfg = _hub_config(source)
     if cfg is not None and cfg.get("_class_name") in DIFFUSERS_VAES:
         return _load_diffusers(cfg, source, family, scaling_factor, shift_factor, sample)
