@@ -341,3 +341,39 @@ def test_time_budget_stops_and_a_larger_one_resumes(fx, tmp_path):
     assert again.run()["step"] == 1  # the time budget is spent: nothing more
     more = Trainer(TrainConfig(**cfg, max_steps=3), tmp_path / "run", progress=False).run()
     assert more["step"] == 3
+
+
+def test_diffusers_teacher_from_the_hub(fx, tmp_path, monkeypatch):
+    """A hub id whose config.json names AutoencoderKL loads with diffusers (tests/hubserver.py, no network)."""
+    import time
+
+    import huggingface_hub.constants
+    from hubserver import HubServer
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)
+    files = {p.name: p for p in (fx / "vae").iterdir()}
+    with HubServer() as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
+        server.add_repo("someone/tiny-kl", files)
+        t = load_teacher("someone/tiny-kl")
+    local = load_teacher(str(fx / "vae"))
+    x = torch.rand(1, 3, 16, 16) * 2 - 1
+    assert t.kind == "diffusers" and t.cls == "AutoencoderKL"
+    assert torch.equal(t.encode(x), local.encode(x))
+
+
+def test_checkpoint_every_n_minutes(fx, tmp_path, monkeypatch):
+    from tinyae.train import checkpoint
+
+    saved, real = [], checkpoint.save
+    monkeypatch.setattr(checkpoint, "save", lambda run_dir, state: (saved.append(state["step"]),
+                                                                    real(run_dir, state))[1])
+    cfg = TrainConfig(teacher=str(fx / "vae"), student=STUDENT, data=[str(fx / "data")], crop_schedule=[(16, 0)],
+                      batch_size=2, adversarial="off", w_mse=1.0, precision="fp32", export_formats=(), max_steps=3,
+                      checkpoint_every=1000, checkpoint_minutes=1e-9)
+    Trainer(cfg, tmp_path / "run", progress=False).run()
+    assert saved == [1, 2, 3, 3]  # every step (the minutes elapsed), and once at the end

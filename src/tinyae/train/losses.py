@@ -68,7 +68,8 @@ class ReplayBuffer:
 
     def sample(self, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.randint(0, len(self.fakes), (n,), generator=self.gen).tolist()
-        return (torch.stack([self.fakes[i] for i in idx]).to(device), torch.stack([self.ctx[i] for i in idx]).to(device))
+        fakes, ctx = torch.stack([self.fakes[i] for i in idx]), torch.stack([self.ctx[i] for i in idx])
+        return fakes.to(device), ctx.to(device)
 
     def state_dict(self) -> dict[str, Any]:
         empty = torch.zeros(0)

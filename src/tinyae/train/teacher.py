@@ -228,17 +228,27 @@ def load_teacher(source: str, *, family: str | None = None, scaling_factor: floa
 
 
 def _hub_config(repo_id: str) -> dict[str, Any] | None:
-    try:
-        from huggingface_hub import hf_hub_download
+    """config.json of a hub repository (or its vae/ subfolder) through tinyae's hub code, with the diffusers
+    weights beside it in the cache when it names a diffusers VAE; None when the repository has no config.json or
+    the hub cannot be reached (tinyae's loader then reports the problem)."""
+    from ..weights import DIFFUSERS_WEIGHTS, WeightsError, _NotOnHub, hub_download
 
-        for sub in (None, "vae"):
-            try:
-                path = hf_hub_download(repo_id, "config.json", subfolder=sub)
-                return {**json.loads(Path(path).read_text()), "_repo": repo_id, "_subfolder": sub}
-            except Exception:
-                continue
-    except ImportError:
-        pass
+    for sub in (None, "vae"):
+        try:
+            path = Path(hub_download(repo_id, "config.json", subfolder=sub))
+        except _NotOnHub:
+            continue
+        except WeightsError:
+            return None
+        cfg = json.loads(path.read_text())
+        if cfg.get("_class_name") in DIFFUSERS_VAES:
+            for name in DIFFUSERS_WEIGHTS:
+                try:
+                    hub_download(repo_id, name, subfolder=sub)
+                    break
+                except _NotOnHub:
+                    continue
+        return {**cfg, "_folder": str(path.parent)}
     return None
 
 
@@ -253,9 +263,7 @@ def _load_diffusers(cfg: dict[str, Any], source: str, family: str | None, scalin
     cls = getattr(diffusers, name, None)
     if cls is None:
         raise TeacherError(f"--teacher {source}: this diffusers ({diffusers.__version__}) has no {name}")
-    where = cfg.get("_folder") or cfg["_repo"]
-    kwargs = {"subfolder": cfg["_subfolder"]} if cfg.get("_subfolder") else {}
-    model = cls.from_pretrained(where, **kwargs).float().eval()
+    model = cls.from_pretrained(cfg["_folder"]).float().eval()
     model.requires_grad_(False)
     c = model.config
     if name == "AutoencoderKLFlux2":
