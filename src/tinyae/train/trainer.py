@@ -183,13 +183,19 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp)
 
     def _all_reduce(self, t: torch.Tensor, op: Any = None) -> torch.Tensor:
+        """Sum (or `op`) over ranks; on the run's device (NCCL reduces only CUDA tensors), returned on t's device."""
         if self.world > 1:
-            dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
+            d = t.to(self.device)
+            dist.all_reduce(d, op=op or dist.ReduceOp.SUM)
+            t = d.to(t.device)
         return t
 
     def _broadcast(self, t: torch.Tensor) -> torch.Tensor:
+        """Rank 0's value of t, on every rank."""
         if self.world > 1:
-            dist.broadcast(t, 0)
+            d = t.to(self.device)
+            dist.broadcast(d, 0)
+            t = d.to(t.device)
         return t
 
     def done(self) -> bool:
