@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from tinyae import AutoencoderTiny
@@ -84,6 +86,11 @@ def test_mse_only_run_exports_everything(fx, tmp_path):
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     model = AutoencoderTiny.from_pretrained(run / "final")
     assert model.decode(torch.zeros(1, 4, 2, 2)).sample.shape == (1, 3, 16, 16)
+    import diffusers
+
+    theirs = diffusers.AutoencoderTiny.from_pretrained(run / "final")  # the diffusers contract, too
+    z = torch.randn(1, 4, 2, 2)
+    assert torch.allclose(theirs.decode(z).sample, model.decode(z).sample, atol=1e-5)
     cfg = json.loads((run / "final" / "config.json").read_text())
     assert cfg["_tinyae_training"]["latents"] == {"kind": "affine", "family": None, "scaling_factor": 0.18215,
                                                   "shift_factor": 0.0}
@@ -377,3 +384,40 @@ def test_checkpoint_every_n_minutes(fx, tmp_path, monkeypatch):
                       checkpoint_every=1000, checkpoint_minutes=1e-9)
     Trainer(cfg, tmp_path / "run", progress=False).run()
     assert saved == [1, 2, 3, 3]  # every step (the minutes elapsed), and once at the end
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2 ** 31), g=st.integers(0, 10 ** 6), crop=st.sampled_from([8, 16, 32, 48]),
+       color=st.booleans())
+def test_samples_are_deterministic_crops_in_range(fx, seed, g, crop, color):
+    from tinyae.train.data import ImageData
+
+    d = ImageData([str(fx / "data")], seed=seed, flip=0.5, color_aug=1.0 if color else 0.0)
+    x, z = d.sample(g, crop)
+    assert x.shape == (3, crop, crop) and z is None
+    assert float(x.min()) >= -1 and float(x.max()) <= 1
+    assert torch.equal(x, d.sample(g, crop)[0])
+
+
+@given(st.lists(st.tuples(st.integers(1, 64).map(lambda v: v * 8), st.integers(1, 10 ** 6)), max_size=4,
+                unique_by=lambda t: t[1]))
+def test_crop_schedule_parses_and_applies(extra):
+    from tinyae.train.config import parse_crop_schedule
+
+    schedule = [(96, 0)] + sorted(extra, key=lambda t: t[1])
+    text = ",".join(f"{px}:{step}" for px, step in schedule)
+    cfg = TrainConfig(teacher="t", student="s", data=["d"], crop_schedule=parse_crop_schedule(text))
+    assert cfg.crop_schedule == schedule
+    for i, (px, step) in enumerate(schedule):
+        assert cfg.crop_at(step) == px
+        if i + 1 < len(schedule):
+            assert cfg.crop_at(schedule[i + 1][1] - 1) == px
+
+
+def test_resume_differences_name_what_changed():
+    from tinyae.train.config import resume_differences
+
+    a = TrainConfig(teacher="t", student="s", data=["d"], max_steps=10)
+    b = TrainConfig(teacher="t2", student="s", data=["d"], max_steps=99, time_budget=5, eval_every=3, w_pool=0.5)
+    diffs = resume_differences(a.to_dict(), b)
+    assert [d.split(":")[0] for d in diffs] == ["--teacher", "--w-pool"]
