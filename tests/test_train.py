@@ -308,22 +308,35 @@ def test_eval_command(fx, tmp_path, capsys):
     assert "roundtrip_psnr" in out and "mean" in out and "teacher_psnr" not in out
 
 
-def test_two_rank_gloo_ddp_then_resume_on_one(fx, tmp_path):
-    run = tmp_path / "run"
-    common = ["--teacher", str(fx / "vae"), "--student", STUDENT, "--data", str(fx / "data"), "-o", str(run),
-              *FAST, "--device", "cpu", "--replay-size", "4"]
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "tinyae", "train", *common, "--max-steps", "2"],
-                         env=_subprocess_env(), capture_output=True, text=True, timeout=300)
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
-    assert "2 process(es)" in ddp.stderr
+def test_two_rank_gloo_ddp_kill_resume_exact_then_resume_on_one(fx, tmp_path):
+    """torchrun, 2 CPU ranks (gloo): kill -9 at step 5 and resume on 2 ranks gives the uninterrupted run's losses
+    (every rank's replay buffer is saved); then a resume on 1 rank continues from the global data position."""
+    def common(run: Path) -> list[str]:
+        return ["--teacher", str(fx / "vae"), "--student", STUDENT, "--data", str(fx / "data"), "-o", str(run),
+                *FAST, "--device", "cpu", "--replay-size", "32", "--checkpoint-every", "2", "--batch-size", "4"]
+
+    def torchrun(run: Path, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                               "2", "-m", "tinyae", "train", *common(run), *extra],
+                              env=env or _subprocess_env(), capture_output=True, text=True, timeout=300)
+
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    done = torchrun(ref, "--max-steps", "7")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 process(es)" in done.stderr
+    killed = torchrun(run, "--max-steps", "7", env={**_subprocess_env(), KILL_ENV: "5"})
+    assert killed.returncode != 0
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 4
+    resumed = torchrun(run, "--max-steps", "7")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert losses(run) == losses(ref)
     ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
-    assert ckpt["samples_seen"] == 2 * 2 * 2 and ckpt["world_size"] == 2
-    one = subprocess.run([sys.executable, "-m", "tinyae", "train", *common, "--max-steps", "3"],
+    assert ckpt["samples_seen"] == 7 * 2 * 4 and ckpt["world_size"] == 2
+    one = subprocess.run([sys.executable, "-m", "tinyae", "train", *common(run), "--max-steps", "8"],
                          env=_subprocess_env(), capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-3000:]
-    assert torch.load(run / "checkpoint.pt", weights_only=True)["samples_seen"] == 8 + 2
-    assert [r["step"] for r in records(run)] == [1, 2, 3]
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["samples_seen"] == 56 + 4
+    assert [r["step"] for r in records(run)] == list(range(1, 9))
 
 
 def test_ranks_read_disjoint_shards(fx):
@@ -421,3 +434,18 @@ def test_resume_differences_name_what_changed():
     b = TrainConfig(teacher="t2", student="s", data=["d"], max_steps=99, time_budget=5, eval_every=3, w_pool=0.5)
     diffs = resume_differences(a.to_dict(), b)
     assert [d.split(":")[0] for d in diffs] == ["--teacher", "--w-pool"]
+
+
+def test_bf16_autocast_and_sampled_latents_are_deterministic(fx, tmp_path):
+    """bf16 autocast on the CPU (where oneDNN supports it; float32 elsewhere) with the teacher's posterior sampled:
+    two runs give the same losses."""
+    cfg = dict(teacher=str(fx / "vae"), student=STUDENT, data=[str(fx / "data")], crop_schedule=[(16, 0)],
+               batch_size=2, disc_width=4, precision="bf16", latent_sample=True, max_steps=2, log_every=1,
+               export_formats=())
+    for name in ("a", "b"):
+        Trainer(TrainConfig(**cfg), tmp_path / name, progress=False).run()
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")
+    assert all(np.isfinite(v) for row in losses(tmp_path / "a") for v in row if v is not None)
+    mean_run = tmp_path / "mean"
+    Trainer(TrainConfig(**{**cfg, "latent_sample": False}), mean_run, progress=False).run()
+    assert losses(mean_run) != losses(tmp_path / "a")

@@ -66,3 +66,26 @@ def load(run_dir: Path) -> dict[str, Any] | None:
     if doc.get("version") != VERSION:
         raise CheckpointError(f"{path}: checkpoint version {doc.get('version')}, this tinyae reads {VERSION}")
     return doc
+
+
+def rank_path(run_dir: Path, rank: int) -> Path:
+    return run_dir / f"checkpoint.rank{rank}.pt"
+
+
+def save_rank(run_dir: Path, rank: int, state: dict[str, Any]) -> None:
+    """What differs between DDP ranks (replay buffer, its generators, RNG states), for rank > 0; written before
+    rank 0's checkpoint, and used on resume only when its step and world size match that checkpoint's."""
+    doc = {"format": FORMAT + ".rank", "version": VERSION, **state, "rng": rng_state()}
+    atomic_write(rank_path(run_dir, rank), lambda p: torch.save(doc, p))
+
+
+def load_rank(run_dir: Path, rank: int, step: int, world: int) -> dict[str, Any] | None:
+    path = rank_path(run_dir, rank)
+    if not path.exists():
+        return None
+    try:
+        doc = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return None  # cut short by a kill before rank 0's checkpoint: not used
+    ok = isinstance(doc, dict) and doc.get("format") == FORMAT + ".rank" and doc.get("step") == step
+    return doc if ok and doc.get("world_size") == world else None

@@ -155,7 +155,12 @@ class Trainer:
         self.step, self.samples_seen = int(s["step"]), int(s["samples_seen"])
         self.train_seconds, self.last_eval = float(s["train_seconds"]), dict(s.get("last_eval") or {})
         if self.world == int(s.get("world_size", 1)):
-            checkpoint.set_rng_state(s["rng"])
+            own = checkpoint.load_rank(self.run_dir, self.rank, self.step, self.world) if self.rank > 0 else s
+            if own is not None:  # rank > 0 without its file (or another world size): rank 0's state, seeded alike
+                checkpoint.set_rng_state(own["rng"])
+                if self.adv is not None and self.rank > 0:
+                    self.adv.buffer.load_state_dict(own["adv"]["buffer"])
+                    self.adv.gen.set_state(own["adv"]["gen"])
 
     def state(self) -> dict[str, Any]:
         s = {"config": self.cfg.to_dict(), "step": self.step, "samples_seen": self.samples_seen,
@@ -255,9 +260,11 @@ class Trainer:
         self.scaler.step(self.opt)
         self.scaler.update()
         self._update_ema()
-        vals = self._all_reduce(torch.stack([loss.detach().float()] + [t.detach().float() for t in terms.values()]))
-        vals = (vals / self.world).tolist()
-        record.update({"loss": vals[0], **dict(zip(terms, vals[1:])), "grad_norm": float(norm)})
+        logged = {"loss": loss, **terms}
+        if "disc" in record:
+            logged["disc"] = torch.tensor(record["disc"], device=loss.device)
+        vals = self._all_reduce(torch.stack([t.detach().float() for t in logged.values()])) / self.world
+        record.update({**dict(zip(logged, vals.tolist())), "grad_norm": float(norm)})  # means over ranks
         return record
 
     @torch.no_grad()
@@ -341,6 +348,13 @@ class Trainer:
         return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
     def save_checkpoint(self) -> None:
+        if self.world > 1:  # the other ranks' own state first, then rank 0's checkpoint that names their step
+            if self.rank > 0:
+                own = {"step": self.step, "world_size": self.world}
+                if self.adv is not None:
+                    own["adv"] = {"buffer": self.adv.buffer.state_dict(), "gen": self.adv.gen.get_state()}
+                checkpoint.save_rank(self.run_dir, self.rank, own)
+            dist.barrier()
         if self.rank == 0:
             checkpoint.save(self.run_dir, self.state())
         if self.world > 1:
