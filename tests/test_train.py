@@ -449,3 +449,31 @@ def test_bf16_autocast_and_sampled_latents_are_deterministic(fx, tmp_path):
     mean_run = tmp_path / "mean"
     Trainer(TrainConfig(**{**cfg, "latent_sample": False}), mean_run, progress=False).run()
     assert losses(mean_run) != losses(tmp_path / "a")
+
+
+def test_adversarial_loss_is_pluggable(fx, tmp_path, monkeypatch):
+    from tinyae.train import losses as L
+
+    calls = []
+
+    class TowardReal:  # a stand-in: its "correction" is the real image itself
+        def __init__(self, channels, cfg, device):
+            self.disc = self.net = torch.nn.Identity()
+
+        def disc_step(self, real, fake, ctx, autocast, scaler):
+            calls.append(ctx.shape[1])
+            return 0.5, True
+
+        def targets(self, real, fake, ctx, autocast):
+            return real.detach()
+
+        def state_dict(self):
+            return {"calls": len(calls)}
+
+        def load_state_dict(self, sd):
+            pass
+
+    monkeypatch.setitem(L.ADVERSARIAL_LOSSES, "toward-real", TowardReal)
+    run = tmp_path / "run"
+    assert train_cli(fx, run, "--max-steps", "2", "--adversarial", "toward-real", "--train", "decoder") == 0
+    assert calls == [4, 4] and all(r["disc"] == 0.5 for r in records(run))

@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--w-adv", type=float, default=d.w_adv, help="decoder: adversarial (toward fake + c)")
     g.add_argument("--w-pool", type=float, default=d.w_pool, help="decoder: MSE of 8x average-pooled images")
     g.add_argument("--w-mse", type=float, help="decoder: pixel MSE (default 0; 1 with --adversarial off)")
-    g.add_argument("--adversarial", choices=["patch", "off"], default=d.adversarial,
+    g.add_argument("--adversarial", default=d.adversarial,
                    help="patch: the latent-conditioned patch discriminator (default); off: no adversarial loss")
     g.add_argument("--disc-lr", type=float, default=d.disc_lr)
     g.add_argument("--disc-width", type=int, default=d.disc_width)

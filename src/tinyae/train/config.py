@@ -13,7 +13,6 @@ from typing import Any
 # May change on resume: they decide how long and how observably we train, not what is trained.
 BUDGET_FIELDS = ("max_steps", "time_budget", "checkpoint_every", "checkpoint_minutes", "eval_every", "log_every",
                  "val_size", "device", "export_formats")
-ADVERSARIAL = ("patch", "off")
 TRAIN_PARTS = ("both", "encoder", "decoder")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -51,7 +50,7 @@ class TrainConfig:
     w_adv: float = 1.0  # decoder: adversarial (MSE toward fake + correction)
     w_pool: float = 1.0  # decoder: MSE of 8x average-pooled images
     w_mse: float = 0.0  # decoder: full-resolution pixel MSE (the pure-MSE baseline)
-    adversarial: str = "patch"  # patch (latent-conditioned patch discriminator) | off
+    adversarial: str = "patch"  # patch (latent-conditioned patch discriminator), off, or a registered name
     disc_lr: float = 3e-4
     disc_width: int = 64  # channels of the discriminator's first stage (x1, x2, x4, x8, x8, x8)
     replay_size: int = 1024  # past fakes kept for the discriminator
@@ -113,8 +112,11 @@ def check(c: TrainConfig) -> None:
         raise ValueError("--data: give at least one image folder")
     if c.train not in TRAIN_PARTS:
         raise ValueError(f"--train must be one of {TRAIN_PARTS}, got {c.train!r}")
-    if c.adversarial not in ADVERSARIAL:
-        raise ValueError(f"--adversarial must be one of {ADVERSARIAL}, got {c.adversarial!r}")
+    from .losses import ADVERSARIAL_LOSSES
+
+    known = (*ADVERSARIAL_LOSSES, "off")
+    if c.adversarial not in known:
+        raise ValueError(f"--adversarial must be one of {', '.join(known)}, got {c.adversarial!r}")
     if c.precision not in PRECISIONS:
         raise ValueError(f"--precision must be one of {PRECISIONS}, got {c.precision!r}")
     if not c.crop_schedule or c.crop_schedule[0][1] != 0:

@@ -1,13 +1,16 @@
 """The decoder's losses: a latent-conditioned patch discriminator with a replay buffer (the recipe of madebyollin's
 Seraena, github.com/madebyollin/seraena), and the faint MSE on 8x average-pooled images.
 
-The adversarial part is pluggable: anything with `disc_step(real, fake, ctx) -> float` and
-`targets(real, fake, ctx) -> tensor` (corrected fakes the decoder regresses toward) and a `state_dict()` works.
+The adversarial part is pluggable: `ADVERSARIAL_LOSSES` maps a name (`--adversarial NAME`) to a factory
+`(latent_channels, config, device) -> object` whose object has `disc_step(real, fake, ctx, autocast, scaler) ->
+(loss, finite)`, `targets(real, fake, ctx, autocast) -> corrected fakes` (the decoder regresses toward them),
+`state_dict()` / `load_state_dict()`, and the attributes `disc` (its module), `net` (what `disc_step` calls; the
+trainer wraps it for DDP), `buffer` and `gen` (per-rank state saved under DDP).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -149,3 +152,11 @@ class Adversarial:
 def pooled_mse(fake: torch.Tensor, real: torch.Tensor, factor: int = 8) -> torch.Tensor:
     """MSE of the images average-pooled `factor` x `factor` (colour and low frequencies only)."""
     return F.mse_loss(F.avg_pool2d(fake.float(), factor), F.avg_pool2d(real.float(), factor))
+
+
+def _patch(latent_channels: int, c: Any, device: torch.device) -> Adversarial:
+    return Adversarial(latent_channels, c.disc_width, c.disc_lr, c.betas, c.seed, c.replay_size, device)
+
+
+# --adversarial NAME -> factory; "off" means none. Register your own here before building a TrainConfig.
+ADVERSARIAL_LOSSES: dict[str, Callable[[int, Any, torch.device], Any]] = {"patch": _patch}

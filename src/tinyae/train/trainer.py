@@ -25,7 +25,7 @@ from . import checkpoint
 from .config import TrainConfig, resume_differences
 from .data import ImageData, seeded, val_images
 from .evaluate import evaluate, save_grid
-from .losses import Adversarial, pooled_mse
+from .losses import ADVERSARIAL_LOSSES, pooled_mse
 from .report import Metrics, Progress, plot_curves
 from .student import build_student, check_fit
 from .teacher import LatentsTeacher, load_teacher
@@ -123,8 +123,7 @@ class Trainer:
         self.net: nn.Module = StudentStep(self.student, c.trains_encoder, c.trains_decoder)
         self.adv = None
         if c.uses_disc:
-            self.adv = Adversarial(self.teacher.latent_channels, c.disc_width, c.disc_lr, c.betas, c.seed,
-                                   c.replay_size, self.device)
+            self.adv = ADVERSARIAL_LOSSES[c.adversarial](self.teacher.latent_channels, c, self.device)
             self.disc_scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
