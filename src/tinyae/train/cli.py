@@ -10,8 +10,6 @@ import os
 import shlex
 import signal
 import sys
-from typing import Any
-
 from .config import TrainConfig, parse_crop_schedule
 
 EPILOG = """examples:
@@ -131,11 +129,9 @@ def init_distributed(device: str) -> bool:
     return True
 
 
-def _on_sigterm(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str]) -> int:
+    from ..cli import _on_sigterm
+
     args = build_parser().parse_args(argv)
     joined = False
     try:

@@ -47,8 +47,9 @@ class StudentStep(nn.Module):
 
 
 def resolve_device(device: str, local_rank: int) -> torch.device:
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    from ..cli import _resolve_device
+
+    device = _resolve_device(device)
     if device == "cuda" and dist.is_initialized():
         device = f"cuda:{local_rank}"
     return torch.device(device)
