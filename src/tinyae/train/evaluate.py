@@ -13,7 +13,6 @@ Metrics (dB; images compared as 8-bit, as saved; latents through the 8-bit scali
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any, Sequence
