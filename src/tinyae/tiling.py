@@ -361,13 +361,15 @@ def _run(chain: _Chain, bands: Iterable[torch.Tensor], fraction: float) -> Itera
             yield out
 
 
-def _collect(bands: Iterable[torch.Tensor], rows: int) -> torch.Tensor:
+def _collect(bands: Iterable[torch.Tensor], rows: int,
+             memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
     """Concatenate bands along rows into one preallocated tensor of `rows` rows."""
     out: torch.Tensor | None = None
     at = 0
     for band in bands:
         if out is None:
-            out = band.new_empty(band.shape[0], band.shape[1], rows, band.shape[3])
+            out = torch.empty((band.shape[0], band.shape[1], rows, band.shape[3]), dtype=band.dtype,
+                              device=band.device, memory_format=memory_format)
         out[:, :, at: at + band.shape[2]] = band
         at += band.shape[2]
     if out is None or at != rows:  # a bug, never a user error
