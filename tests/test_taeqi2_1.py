@@ -200,3 +200,57 @@ def test_latent_conventions_match_diffusers():
     assert torch.equal(latents.unpack_tokens(tokens, 4, 6), unpacked[:, :, 0])
     with pytest.raises(ValueError, match="do not fit"):
         latents.unpack_tokens(tokens, 5, 5)
+
+
+# ---------------------------------------------------------------------------------------------- RGBA
+def _rgba_image(w=40, h=24):
+    import numpy as np
+    from PIL import Image
+
+    a = np.random.default_rng(0).integers(0, 256, (h, w, 4), dtype=np.uint8)
+    return Image.fromarray(a, "RGBA")
+
+
+def test_rgba_models_encode_alpha_and_accept_rgb():
+    from tinyae.images import decode_latents, encode_images
+
+    m = _small()
+    rgba, rgb = _rgba_image(), _rgba_image().convert("RGB")
+    e_rgba, e_rgb = encode_images(m, [rgba, rgb])
+    assert e_rgba.alpha is None and e_rgba.latents.shape == (8, 2, 3)  # alpha went through the model
+    x = torch.from_numpy(__import__("numpy").array(rgb)).permute(2, 0, 1).float() / 255
+    ones = torch.cat([x, torch.ones(1, 24, 40)])[None]
+    padded = torch.nn.functional.pad(ones, (0, 8, 0, 8), mode="reflect")
+    with torch.no_grad():
+        assert torch.allclose(e_rgb.latents, m.encode(padded * 2 - 1).latents[0], atol=1e-5)  # RGB = alpha 1
+    out = decode_latents(m, [e_rgba, e_rgb])
+    assert [im.mode for im in out] == ["RGBA", "RGBA"] and out[0].size == (40, 24)
+
+
+def test_rgb_models_keep_alpha_aside():
+    from tinyae.images import decode_latents, encode_images
+
+    m = _small(3)
+    im = _rgba_image()
+    (e,) = encode_images(m, im)
+    assert e.alpha is not None
+    (out,) = decode_latents(m, e)
+    assert out.mode == "RGBA" and out.getchannel("A").tobytes() == im.getchannel("A").tobytes()
+
+
+@pytest.mark.parametrize("fmt", ["png", "webp"])
+def test_cli_rgba_roundtrip(tmp_path, fmt):
+    from PIL import Image
+
+    from tinyae import cli
+
+    m = _small()
+    m.save_original(tmp_path / "model", "taeqi2_1")
+    _rgba_image().save(tmp_path / "in.png")
+    assert cli.main(["encode", str(tmp_path / "in.png"), "-o", str(tmp_path / "lat"), "--model",
+                     str(tmp_path / "model")]) == 0
+    (latent,) = (tmp_path / "lat").iterdir()
+    out = tmp_path / f"out.{fmt}"
+    assert cli.main(["decode", str(latent), "-o", str(out), "--model", str(tmp_path / "model")]) == 0
+    with Image.open(out) as im:
+        assert im.mode == "RGBA" and im.size == (40, 24)
