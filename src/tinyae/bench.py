@@ -107,8 +107,9 @@ def best_conv_size(dtype: torch.dtype, device: torch.device, repeats: int) -> tu
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     """PSNR in dB of images in [-1, 1] (clamped); inf when equal."""
-    mse = ((a.float().clamp(-1, 1) - b.float().clamp(-1, 1)) / 2).double().pow(2).mean()
-    return float("inf") if mse == 0 else float(10 * torch.log10(1 / mse))
+    from .images import tensor_psnr
+
+    return tensor_psnr(a, b)
 
 
 def machine_info() -> dict[str, Any]:

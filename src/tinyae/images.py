@@ -371,7 +371,17 @@ def psnr(a: Any, b: Any) -> float:
     x, y = _metric_array(a), _metric_array(b)
     if x.shape != y.shape:
         raise ValueError(f"images differ in size: {x.shape} vs {y.shape}")
-    mse = float(np.mean((x - y) ** 2))
+    return _psnr(float(np.mean((x - y) ** 2)))
+
+
+def tensor_psnr(a: torch.Tensor, b: torch.Tensor, low: float = -1.0, high: float = 1.0) -> float:
+    """PSNR in dB of two tensors whose values range over [low, high] (clamped; images in [-1, 1] by default)."""
+    mse = ((a.double().clamp(low, high) - b.double().clamp(low, high)) / (high - low)).pow(2).mean()
+    return _psnr(float(mse))
+
+
+def _psnr(mse: float) -> float:
+    """PSNR in dB of a mean squared error of values in [0, 1] (inf when 0)."""
     return float("inf") if mse == 0 else float(10 * np.log10(1 / mse))
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 # sha256 of released weight files we know (from madebyollin/taesd commit 5cccb12; see ../shared/weights/README.md).
 KNOWN_SHA256: dict[str, str] = {
@@ -120,9 +120,13 @@ def get_variant(name: str) -> Variant:
     key = name.lower()
     if key in _ALIASES:
         return VARIANTS[_ALIASES[key]]
-    close = difflib.get_close_matches(key, list(_ALIASES), n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise KeyError(f"unknown variant {name!r}{hint} Known: {', '.join(VARIANTS)}")
+    raise KeyError(f"unknown variant {name!r}{did_you_mean(key, _ALIASES)} Known: {', '.join(VARIANTS)}")
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """"; did you mean a, b?" for the closest of `candidates` to `name` (case-insensitive), or ""."""
+    close = difflib.get_close_matches(name.lower(), list(candidates), n=3, cutoff=0.5)
+    return f"; did you mean {', '.join(close)}?" if close else ""
 
 
 def is_variant(name: str) -> bool:

@@ -21,18 +21,19 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..images import psnr, ssim
+from ..images import psnr, ssim, tensor_psnr
 from ..latents import scale_latents
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """(1, 3, H, W) in [-1, 1] -> (H, W, 3) uint8."""
-    return x[0].float().clamp(-1, 1).add(1).mul(127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    from ..tiling import to_uint8 as batch_to_uint8
+
+    return batch_to_uint8(x.float())[0].cpu().numpy()
 
 
 def latent_psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = float((scale_latents(a.float()) - scale_latents(b.float())).pow(2).mean())
-    return float("inf") if mse == 0 else float(10 * np.log10(1 / mse))
+    return tensor_psnr(scale_latents(a.float()), scale_latents(b.float()), 0.0, 1.0)
 
 
 @torch.no_grad()
