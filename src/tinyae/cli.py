@@ -640,7 +640,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
     def load(j: Job) -> Any:
         assert runner is not None
-        e = load_latents(j.input)
+        e = load_latents(j.input, runner.model.config.latent_channels)
         if e.latents.dim() == 4:  # one image of a batch
             e.latents = e.latents[j.index or 0]
         made_by = e.metadata.get("variant")
