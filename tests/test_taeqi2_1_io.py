@@ -146,3 +146,63 @@ def test_live_preview_unpacks_qwen_image_tokens():
     assert torch.equal(square.to_tae_latents(pack_tokens(z[..., :2, :2])), z[..., :2, :2])
     with pytest.raises(ValueError, match="6 Qwen-Image 2.1 tokens do not form a square grid"):
         square.to_tae_latents(pack_tokens(z))
+
+
+class _TinyProcessor:
+    """Stands in for Qwen3VLProcessor, which transformers cannot build without torchvision (its video processor
+    requires it): what QwenImage21Pipeline.__init__ uses, a tokenizer and apply_chat_template returning a batch."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def apply_chat_template(self, messages, **kw):
+        return [self.tokenizer.apply_chat_template(messages, **kw)]
+
+
+def _tiny_qwen_image_21_pipeline():
+    """QwenImage21Pipeline with tiny random components, built offline: a word-level tokenizer made here, a one-layer
+    transformer; no VAE or text encoder (prompt embeddings are passed directly; set_vae puts the TAE in)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, QwenImage21Pipeline, QwenImage21Transformer2DModel
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|im_start|>", "<|im_end|>", "<|image_pad|>", "<|vision_start|>", "<|vision_end|>", "<|endoftext|>"]
+    vocab = {t: i for i, t in enumerate([*specials, "[UNK]", *"abcdefghijklmnopqrstuvwxyz.\n "])}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", pad_token="<|endoftext|>",
+                                  additional_special_tokens=specials)
+    tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% for c in m['content'] %}"
+                         "{{ c['text'] }}{% endfor %}<|im_end|>\n{% endfor %}")
+    torch.manual_seed(0)
+    transformer = QwenImage21Transformer2DModel(in_channels=64, out_channels=64, num_layers=1, attention_head_dim=16,
+                                                num_attention_heads=2, context_in_dim=16, axes_dims_rope=(4, 6, 6))
+    return QwenImage21Pipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=None, text_encoder=None,
+                               processor=_TinyProcessor(tok), transformer=transformer)
+
+
+def test_set_vae_and_live_preview_in_the_qwen_image_21_pipeline():
+    from tiny_pipelines import random_tae
+
+    from tinyae.diffusers import LivePreview, set_vae
+    from tinyae.latents import unpack_tokens
+
+    pipe = _tiny_qwen_image_21_pipeline()
+    with pytest.raises(ValueError, match="has 16 latent channels but QwenImage21Pipeline needs 64 .*taeqi2_1"):
+        set_vae(pipe, random_tae("flux"))
+    m = _small(latent_channels=64)
+    vae = set_vae(pipe, m)
+    assert pipe.vae is vae
+    preview = LivePreview(m, pipe=pipe, height=64, width=32)
+    emb = torch.randn(1, 5, 16, generator=torch.Generator().manual_seed(1))
+    out = pipe(prompt_embeds=emb, prompt_embeds_mask=torch.ones(1, 5, dtype=torch.long), height=64, width=32,
+               num_inference_steps=2, output_type="latent", callback_on_step_end=preview)
+    assert out.images.shape == (1, 8, 64)  # tokens: (64/16) * (32/16) latent pixels of 64 channels
+    assert [(f.step, f.kind) for f in preview.frames] == [(0, "xt"), (1, "x0")]
+    z = unpack_tokens(out.images, 4, 2)
+    last = preview.frames[-1]
+    torch.testing.assert_close(last.latents, z)  # the schedule ends at noise 0: x0 is the final latents
+    (want,) = decode_latents(m, EncodedImage(z[0]))
+    assert last.image.mode == "RGBA" and last.image.size == (32, 64)
+    diff = np.abs(np.asarray(last.image).astype(int) - np.asarray(want).astype(int))
+    assert diff.max() <= 1
