@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import tinyae
-from tinyae.codec import LatentFileError, latents_to_png, png_layout, png_to_latents, read_metadata
+from tinyae.codec import GRID, STACK, LatentFileError, latents_to_png, png_layout, png_to_latents, read_metadata
 from tinyae.images import ImageError, pad_to_multiple, psnr, read_image, ssim, to_source
 
 from conftest import IMAGES
@@ -117,22 +117,26 @@ def test_wrong_channel_latents_name_the_mismatch():
 
 
 @settings(max_examples=30, deadline=None)
-@given(c=st.sampled_from([1, 3, 4, 5, 16, 32]), h=st.integers(1, 9), w=st.integers(1, 9))
-def test_png_layout_holds_every_channel_at_8_bits(c, h, w):
+@given(c=st.sampled_from([1, 3, 4, 5, 16, 32, 64]), h=st.integers(1, 9), w=st.integers(1, 9),
+       layout=st.sampled_from([STACK, GRID]))
+def test_png_layout_holds_every_channel_at_8_bits(c, h, w, layout):
     z = torch.randn(c, h, w, generator=torch.Generator().manual_seed(c * h * w)) * 2
-    image = latents_to_png(z)
-    rows, cols = png_layout(c)
+    image = latents_to_png(z, layout=layout)
+    rows, cols = png_layout(c, layout)
     assert image.size == (cols * w, rows * h) and image.mode == "RGBA"
-    back = png_to_latents(image, c)
+    back = png_to_latents(image, c, layout=layout)
     inside = z.abs() <= 3  # beyond +-magnitude the 8-bit mapping clamps
     assert (back - z)[inside].abs().max() <= 6 / 255 / 2 + 1e-6
-    assert torch.equal(back, png_to_latents(latents_to_png(back), c))  # idempotent
+    assert torch.equal(back, png_to_latents(latents_to_png(back, layout=layout), c, layout=layout))  # idempotent
 
 
 def test_png_layout_of_the_released_channel_counts():
-    assert png_layout(4) == (1, 1)
-    assert png_layout(16) == (2, 2)
-    assert png_layout(32) == (2, 4)
+    assert png_layout(4) == png_layout(4, GRID) == (1, 1)
+    assert png_layout(16, GRID) == (2, 2)  # tinyae's earlier grid
+    assert png_layout(32, GRID) == (2, 4)
+    assert png_layout(16) == (4, 1) and png_layout(64) == (16, 1)  # the original's vertical stack
+    with pytest.raises(ValueError, match="unknown latent PNG layout 'diagonal'"):
+        png_layout(16, "diagonal")
 
 
 def test_latent_files_keep_latents_and_metadata(tmp_path):

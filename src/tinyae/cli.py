@@ -640,7 +640,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
     def load(j: Job) -> Any:
         assert runner is not None
-        e = load_latents(j.input)
+        e = load_latents(j.input, runner.model.config.latent_channels)
         if e.latents.dim() == 4:  # one image of a batch
             e.latents = e.latents[j.index or 0]
         made_by = e.metadata.get("variant")
@@ -660,7 +660,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
         if args.stream:
             for j, e in zip(live, loaded):
                 _decode_streamed(runner.model, e, j)
-                rep.line(f"{j.input} -> {j.output}  ({j.info['size'][0]}x{j.info['size'][1]} RGB, streamed)")
+                w, h = j.info["size"]
+                rep.line(f"{j.input} -> {j.output}  ({w}x{h} {j.info['mode']}, streamed)")
             return
         images = decode_latents(runner.engine, loaded, batch_size=args.batch_size)
         _same_count(live, images)
@@ -698,8 +699,8 @@ def _decode_streamed(model: Any, e: Any, j: Job) -> None:
     from .tiling import decode_to_png
 
     if e.alpha is not None or e.grayscale:
-        raise CliError("--stream writes RGB only; this image had alpha or was grayscale (decode it "
-                       "without --stream)")
+        raise CliError("--stream writes the model's channels only (RGB, or RGBA for an RGBA model); this image had "
+                       "alpha kept aside or was grayscale (decode it without --stream)")
     decode_to_png(model, e.latents[None].to(model.device), j.output, size=tuple(e.size) if e.size else None,
                   **(model.tiling_options if model.use_tiling else {}))
     from PIL import Image
@@ -938,6 +939,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     formats.insert(0, "diffusers" if model.config.diffusers_compatible else "diffusers (tinyae only)")
     doc = {"kind": "weights", "source": args.src, "variant": variant, "same_architecture_as": same_arch,
            "latent_channels": model.config.latent_channels, "scale_factor": model.spatial_scale_factor,
+           "image_channels": model.config.image_channels,
            "parts": list(params), "parameters": {**params, "total": sum(params.values())},
            "dtype": _source_dtype(source), "diffusers_compatible": model.config.diffusers_compatible,
            "files": [{"path": p, "part": part, "bytes": os.path.getsize(p), "sha256": sha256_file(p),
@@ -950,6 +952,8 @@ def cmd_info(args: argparse.Namespace) -> int:
              + (f" (architecture of {', '.join(same_arch)})" if same_arch and not variant else ""))
     rep.line(f"latent channels  {doc['latent_channels']}")
     rep.line(f"scale factor     {doc['scale_factor']} (image pixels per latent pixel)")
+    rep.line(f"image channels   {doc['image_channels']} "
+             f"({'RGBA, straight alpha' if doc['image_channels'] == 4 else 'RGB'})")
     rep.line("parameters       " + ", ".join(f"{k} {v:,}" for k, v in doc["parameters"].items()))
     rep.line(f"dtype            {doc['dtype']}")
     for f in doc["files"]:

@@ -7,11 +7,16 @@ optional tensor `alpha` (H, W) uint8; metadata (JSON values as strings): `format
 
 8-bit PNG (`<name>.latent.png`): latents mapped to [0, 1] by `scale_latents` (x / (2 * magnitude) + shift, clamped;
 magnitude 3, shift 0.5 for every released variant) and rounded to 8 bits. Channels are taken four at a time as
-RGBA: 4 channels -> one h x w RGBA PNG (as the original project); C channels -> G = ceil(C / 4) groups, tiled
-row-major in a grid of `cols = 2 ** ceil(log2(G) / 2)` columns and ceil(G / cols) rows (16 channels: 2 x 2 tiles;
-32 channels: 4 columns x 2 rows), missing channels of the last group zero-filled. A `tinyae` text chunk holds the
-metadata as JSON (latent_channels, latent_shape, magnitude, shift, original_size, variant, ...); an RGBA source's
-alpha rides along as a PNG-encoded base64 text chunk `tinyae.alpha`.
+RGBA tiles of h x w, written in the original project's layout ("rgba-stack"): the G = ceil(C / 4) tiles stacked
+vertically, (C, h, w) -> (4, G * h, w) (`unflatten(0, (-1, 4)).transpose(0, 1).flatten(1, 2)`); 4 channels are one
+h x w RGBA PNG; missing channels of the last tile (C not a multiple of 4) zero-filled. A `tinyae` text chunk holds
+the metadata as JSON (layout, latent_channels, latent_shape, magnitude, shift, original_size, variant, ...); an
+RGBA source's alpha (3-channel models) rides along as a PNG-encoded base64 text chunk `tinyae.alpha`.
+
+Read also: tinyae's earlier grid layout ("rgba-tiles": tiles row-major in `cols = 2 ** ceil(log2(G) / 2)` columns,
+16 channels 2 x 2, 32 channels 4 x 2), for files whose metadata says so or has no `layout` key; and the original
+project's files, which have no tinyae metadata (RGBA, magnitude 3, shift 0.5; the channel count comes from the
+caller, e.g. the decoding model).
 """
 
 from __future__ import annotations
@@ -104,20 +109,27 @@ def canonical_safetensors(data: bytes) -> bytes:
     return len(header).to_bytes(8, "little") + header + data[8 + n:]
 
 
-def png_layout(channels: int) -> tuple[int, int]:
-    """(rows, cols) of the RGBA tile grid for `channels` latent channels."""
+STACK, GRID = "rgba-stack", "rgba-tiles"  # the original project's layout (written); tinyae's earlier one (read)
+
+
+def png_layout(channels: int, layout: str = STACK) -> tuple[int, int]:
+    """(rows, cols) of RGBA tiles for `channels` latent channels in `layout` (STACK or GRID)."""
     groups = math.ceil(channels / 4)
+    if layout == STACK:
+        return groups, 1
+    if layout != GRID:
+        raise ValueError(f"unknown latent PNG layout {layout!r} (expected {STACK!r} or {GRID!r})")
     cols = 2 ** math.ceil(math.log2(groups) / 2) if groups > 1 else 1
     return math.ceil(groups / cols), cols
 
 
-def latents_to_png(latents: torch.Tensor, magnitude: float = LATENT_MAGNITUDE, shift: float = LATENT_SHIFT
-                   ) -> Image.Image:
-    """Raw latents (C, h, w) -> an 8-bit RGBA image with the channel groups tiled (see the module docstring)."""
+def latents_to_png(latents: torch.Tensor, magnitude: float = LATENT_MAGNITUDE, shift: float = LATENT_SHIFT,
+                   layout: str = STACK) -> Image.Image:
+    """Raw latents (C, h, w) -> an 8-bit RGBA image of tiles in `layout` (see the module docstring)."""
     if latents.dim() != 3:
         raise ValueError(f"the latent PNG holds one image: latents must be (C, h, w), got {tuple(latents.shape)}")
     c, h, w = latents.shape
-    rows, cols = png_layout(c)
+    rows, cols = png_layout(c, layout)
     q = scale_latents(latents.detach().float().cpu(), magnitude, shift).mul(255).round().byte()
     q = torch.cat([q, q.new_zeros(rows * cols * 4 - c, h, w)])  # zero-fill the last group
     grid = q.reshape(rows, cols, 4, h, w).permute(0, 3, 1, 4, 2).reshape(rows * h, cols * w, 4)
@@ -125,14 +137,14 @@ def latents_to_png(latents: torch.Tensor, magnitude: float = LATENT_MAGNITUDE, s
 
 
 def png_to_latents(image: Image.Image, channels: int, magnitude: float = LATENT_MAGNITUDE,
-                   shift: float = LATENT_SHIFT) -> torch.Tensor:
+                   shift: float = LATENT_SHIFT, layout: str = STACK) -> torch.Tensor:
     """The inverse of `latents_to_png`: raw latents (C, h, w) float32 (8-bit precision)."""
-    rows, cols = png_layout(channels)
+    rows, cols = png_layout(channels, layout)
     if image.mode != "RGBA":
         raise ValueError(f"a latent PNG is RGBA, got mode {image.mode}")
     a = torch.from_numpy(np.asarray(image).copy())
     if a.shape[0] % rows or a.shape[1] % cols:
-        raise ValueError(f"a {a.shape[1]}x{a.shape[0]} PNG cannot hold a {rows}x{cols} grid of tiles")
+        raise ValueError(f"a {a.shape[1]}x{a.shape[0]} PNG cannot hold {rows}x{cols} tiles of {channels} channels")
     h, w = a.shape[0] // rows, a.shape[1] // cols
     q = a.reshape(rows, h, cols, w, 4).permute(0, 2, 4, 1, 3).reshape(rows * cols * 4, h, w)[:channels]
     return unscale_latents(q.float() / 255, magnitude, shift)
@@ -150,7 +162,7 @@ def _save_png(path: Path, e: EncodedImage) -> None:
     magnitude = float(e.metadata.get("magnitude", LATENT_MAGNITUDE))
     shift = float(e.metadata.get("shift", LATENT_SHIFT))
     meta = {**e.metadata, "format": FORMAT, "magnitude": magnitude, "shift": shift, "dtype": "uint8",
-            "layout": "rgba-tiles"}
+            "layout": STACK}
     image = latents_to_png(e.latents, magnitude, shift)
     info = PngImagePlugin.PngInfo()
     info.add_text("tinyae", json.dumps(meta))
@@ -161,8 +173,9 @@ def _save_png(path: Path, e: EncodedImage) -> None:
     atomic_write(path, lambda p: image.save(p, format="PNG", pnginfo=info, optimize=True))
 
 
-def load_latents(path: str | os.PathLike) -> EncodedImage:
-    """Read a latent file written by `save_latents` (safetensors or latent PNG, told apart by content).
+def load_latents(path: str | os.PathLike, latent_channels: int | None = None) -> EncodedImage:
+    """Read a latent file written by `save_latents` (safetensors or latent PNG, told apart by content), or an
+    8-bit latent PNG of the original project (no tinyae metadata: give `latent_channels`, the decoding model's).
 
     Returns an EncodedImage: `latents` float tensor as stored, `size`, `alpha`, `grayscale` and `metadata`.
     Raises LatentFileError for a missing, unreadable or foreign file.
@@ -173,7 +186,7 @@ def load_latents(path: str | os.PathLike) -> EncodedImage:
     with open(path, "rb") as f:
         head = f.read(8)
     if head == b"\x89PNG\r\n\x1a\n":
-        e = _load_png(path)
+        e = _load_png(path, latent_channels)
     else:
         e = _load_safetensors(path)
     size = e.metadata.get("original_size")
@@ -248,7 +261,7 @@ def _load_safetensors(path: Path) -> EncodedImage:
     return EncodedImage(latents, None, alpha, False, meta)
 
 
-def _load_png(path: Path) -> EncodedImage:
+def _load_png(path: Path, latent_channels: int | None) -> EncodedImage:
     try:
         with Image.open(path) as im:
             im.load()
@@ -256,19 +269,32 @@ def _load_png(path: Path) -> EncodedImage:
             image = im.copy()
     except Exception as e:
         raise LatentFileError(f"{path}: cannot read the PNG ({first_line(e, 150)})") from None
-    if "tinyae" not in text:
-        raise LatentFileError(f"{path}: a PNG without tinyae latent metadata (an ordinary image, not a latent PNG)")
-    try:
-        meta = json.loads(text["tinyae"])
-    except ValueError as e:
-        raise LatentFileError(f"{path}: damaged latent PNG (metadata: {first_line(e)})") from None
-    if not isinstance(meta, dict):
-        raise LatentFileError(f"{path}: damaged latent PNG (metadata is not a JSON object)")
+    if "tinyae" not in text:  # the original project's latent PNG, or an ordinary image
+        if image.mode != "RGBA":
+            raise LatentFileError(f"{path}: a {image.mode} PNG without tinyae latent metadata (an ordinary image, "
+                                  "not a latent PNG)")
+        if latent_channels is None:
+            raise LatentFileError(f"{path}: an RGBA PNG without tinyae latent metadata; read as the original "
+                                  "project's latent PNG it needs the channel count (load_latents(path, "
+                                  "latent_channels=C); the CLI takes the decoding model's)")
+        meta: Any = {"layout": STACK, "latent_channels": latent_channels, "magnitude": LATENT_MAGNITUDE,
+                     "shift": LATENT_SHIFT}
+    else:
+        try:
+            meta = json.loads(text["tinyae"])
+        except ValueError as e:
+            raise LatentFileError(f"{path}: damaged latent PNG (metadata: {first_line(e)})") from None
+        if not isinstance(meta, dict):
+            raise LatentFileError(f"{path}: damaged latent PNG (metadata: not a JSON object)")
     channels = _number(path, meta, "latent_channels", 1, MAX_CHANNELS, integer=True)
     magnitude = _number(path, meta, "magnitude", 0, MAX_MAGNITUDE, low_open=True)
     shift = _number(path, meta, "shift", 0, 1)
+    layout = meta.get("layout", GRID)  # tinyae's files from before the original's layout: the grid
+    if layout not in (STACK, GRID):
+        raise LatentFileError(f"{path}: bad layout {layout!r} in the latent PNG's metadata (expected {STACK!r} or "
+                              f"{GRID!r})")
     try:
-        latents = png_to_latents(image, channels, magnitude, shift)
+        latents = png_to_latents(image, channels, magnitude, shift, layout)
         alpha = None
         if "tinyae.alpha" in text:
             with Image.open(io.BytesIO(base64.b64decode(text["tinyae.alpha"]))) as a:

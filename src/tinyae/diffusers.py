@@ -34,7 +34,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
 
 from . import model as _model
 from .config import TinyConfig
-from .latents import unpack_flux, unpack_flux2
+from .latents import unpack_flux, unpack_flux2, unpack_tokens
 from .variants import FAMILIES, VARIANTS, Family
 from .weights import atomic_write
 
@@ -130,17 +130,18 @@ class AutoencoderTiny(_model.AutoencoderTiny, ModelMixin):
 # ---------------------------------------------------------------------------------------------- checks
 # Pipeline class name prefixes -> family, most specific first.
 _PIPELINE_PREFIXES = (("Flux2", "flux2"), ("Flux", "flux"), ("StableDiffusion3", "sd3"),
-                      ("StableDiffusionXL", "sdxl"), ("StableDiffusion", "sd"))
+                      ("StableDiffusionXL", "sdxl"), ("StableDiffusion", "sd"), ("QwenImage21", "qwenimage21"))
 
 
 def pipeline_family(pipe: Any) -> Family:
-    """The latent family of a diffusers pipeline, from its class: SD1/2, SDXL, SD3, FLUX.1 or FLUX.2 pipelines."""
+    """The latent family of a diffusers pipeline, from its class: SD1/2, SDXL, SD3, FLUX.1, FLUX.2 or Qwen-Image 2.1
+    pipelines."""
     for klass in type(pipe).__mro__:
         for prefix, name in _PIPELINE_PREFIXES:
             if klass.__name__.startswith(prefix):
                 return FAMILIES[name]
     raise ValueError(f"{type(pipe).__name__} is not a pipeline tinyae knows (StableDiffusion*, StableDiffusionXL*, "
-                     "StableDiffusion3*, Flux*, Flux2*); pass family= explicitly")
+                     "StableDiffusion3*, Flux*, Flux2*, QwenImage21*); pass family= explicitly")
 
 
 def _resolve_family(pipe: Any = None, family: str | Family | None = None) -> Family:
@@ -442,6 +443,12 @@ class LivePreview:
             return unpack_flux(latents, lh, lw)
         if fam.packing == "flux2":
             return unpack_flux2(latents, lh, lw)
+        if fam.packing == "tokens" and latents.dim() == 3:  # Qwen-Image 2.1: one token per latent pixel
+            side = math.isqrt(latents.shape[1])
+            if (lh is None or lw is None) and side * side != latents.shape[1]:
+                raise ValueError(f"{latents.shape[1]} Qwen-Image 2.1 tokens do not form a square grid: pass "
+                                 "LivePreview(height=, width=)")
+            return unpack_tokens(latents, lh or side, lw or side)
         return latents
 
     @torch.no_grad()

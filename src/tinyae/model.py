@@ -139,7 +139,9 @@ class AutoencoderTiny(nn.Module):
 
     @property
     def decoder_scale_factor(self) -> int:
-        return self._config.upsampling_scaling_factor ** (len(self._config.num_decoder_blocks) - 1)
+        """Image pixels per latent pixel of the decoder: its upsamplings, times F16's PixelShuffle (patch_size)."""
+        return (self._config.upsampling_scaling_factor ** (len(self._config.num_decoder_blocks) - 1)
+                * self._config.patch_size)
 
     # ------------------------------------------------------------------ latent scaling (8-bit storage)
     def scale_latents(self, x: torch.Tensor) -> torch.Tensor:

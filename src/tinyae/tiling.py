@@ -555,7 +555,8 @@ def decode_to_png(model: "AutoencoderTiny", latents: torch.Tensor, path: str | o
     Peak memory does not grow with the image height (see the module docstring); the file is written atomically
     (temporary file, then rename), so an existing file is only replaced by a complete one. The pixels equal
     `to_uint8(model.decode(latents).sample)` with the same tiling options, exactly. `compression`: zlib level
-    0-9 (None: zlib's default). 1- or 3-channel outputs only (greyscale or RGB). `size`: (width, height) to keep
+    0-9 (None: zlib's default). 1-, 3- or 4-channel outputs (greyscale, RGB, or RGBA with the model's straight
+    alpha: taeqi2_1). `size`: (width, height) to keep
     of the decoded image (its top-left part), e.g. the source's size before padding to a multiple of 8.
     """
     import png
@@ -567,8 +568,8 @@ def decode_to_png(model: "AutoencoderTiny", latents: torch.Tensor, path: str | o
     if compression is not None and (isinstance(compression, bool) or compression not in range(10)):
         raise ValueError(f"compression must be a zlib level 0-9 or None, got {compression!r}")
     channels = model.config.out_channels
-    if channels not in (1, 3):
-        raise ValueError(f"PNG output needs a 1- or 3-channel decoder, this one has {channels} channels")
+    if channels not in (1, 3, 4):
+        raise ValueError(f"PNG output needs a 1-, 3- or 4-channel decoder, this one has {channels} channels")
     bands = decode_bands(model, latents, **options)  # validates latents and options before a file is touched
     f = model.decoder_scale_factor
     height, width = latents.shape[2] * f, latents.shape[3] * f
@@ -582,22 +583,25 @@ def decode_to_png(model: "AutoencoderTiny", latents: torch.Tensor, path: str | o
         for band in bands:
             pixels = to_uint8(band)[0, :left, :width].cpu().numpy()
             left -= pixels.shape[0]
-            for row in pixels.reshape(pixels.shape[0], -1):
+            for row in pixels.reshape(pixels.shape[0], width * channels):  # a band may be empty
                 yield row.tobytes()
 
     def write(tmp: str) -> None:
-        writer = png.Writer(width, height, greyscale=channels == 1, bitdepth=8, compression=compression)
+        writer = png.Writer(width, height, greyscale=channels == 1, alpha=channels == 4, bitdepth=8,
+                            compression=compression)
         with open(tmp, "wb") as fh:
             writer.write(fh, rows())
 
     atomic_write(path, write)
 
 
-def read_png_bands(path: str | os.PathLike, rows: int) -> tuple[int, int, Iterator[np.ndarray]]:
-    """Open a PNG and read it lazily: (height, width, iterator of uint8 RGB bands (rows, width, 3)).
+def read_png_bands(path: str | os.PathLike, rows: int, channels: int = 3
+                   ) -> tuple[int, int, Iterator[np.ndarray]]:
+    """Open a PNG and read it lazily: (height, width, iterator of uint8 bands (rows, width, channels)).
 
-    Greyscale is expanded to RGB, alpha is dropped, palettes are expanded, 16-bit samples keep their high byte
-    (as Pillow's convert("RGB")). Interlaced PNGs are decoded whole by pypng (no memory saving).
+    `channels` 3: RGB, alpha dropped; 4: RGBA, the file's straight alpha (transparency chunks included), 255 where
+    it has none. Greyscale is expanded to RGB, palettes are expanded, 16-bit samples keep their high byte (as
+    Pillow's convert("RGB")). Interlaced PNGs are decoded whole by pypng (no memory saving).
     """
     import png
 
@@ -616,8 +620,11 @@ def read_png_bands(path: str | os.PathLike, rows: int) -> tuple[int, int, Iterat
             a = (a >> (depth - 8)).astype(np.uint8)
         elif depth < 8:
             a = (a.astype(np.uint16) * 255 // (2 ** depth - 1)).astype(np.uint8)
-        a = a[..., :3] if planes >= 3 else a[..., :1]
-        return np.repeat(a, 3, axis=2) if a.shape[2] == 1 else a
+        colour = a[..., :3] if planes >= 3 else np.repeat(a[..., :1], 3, axis=2)
+        if channels == 3:
+            return colour
+        alpha = a[..., -1:] if planes in (2, 4) else np.full((*a.shape[:2], 1), 255, np.uint8)
+        return np.concatenate([colour, alpha], axis=2)
 
     def bands() -> Iterator[np.ndarray]:
         block: list = []
@@ -636,18 +643,19 @@ def encode_png(model: "AutoencoderTiny", path: str | os.PathLike, **options: Any
     """Encode a PNG file read row band by row band; return raw latents (1, latent_channels, H/f, W/f), float32.
 
     The image's height and width must be multiples of `model.spatial_scale_factor`. The result equals
-    `model.encode(x)` with the same tiling options, for x the image as (1, 3, H, W) float32 in [-1, 1]
-    (uint8 / 127.5 - 1), exactly.
+    `model.encode(x)` with the same tiling options, for x the image as (1, C, H, W) float32 in [-1, 1]
+    (uint8 / 127.5 - 1), exactly: C = 3 (RGB), or 4 for an RGBA model (taeqi2_1; alpha 255 for a PNG without).
     """
     opts = check_options(model, options)
-    if model.config.in_channels != 3:
-        raise ValueError(f"PNG input needs a 3-channel encoder, this one has {model.config.in_channels} channels")
+    channels = model.config.in_channels
+    if channels not in (3, 4):
+        raise ValueError(f"PNG input needs a 3- or 4-channel encoder, this one has {channels} channels")
     f = model.spatial_scale_factor
     probe_h, probe_w, _ = read_png_bands(path, 1)
     if probe_h % f or probe_w % f:
         raise ValueError(f"{path}: image size {probe_w}x{probe_h} is not a multiple of {f}; crop or pad it first")
     band, _ = _band_rows(model._part("encoder"), probe_h, probe_w, opts)
-    height, width, bands = read_png_bands(path, band)
+    height, width, bands = read_png_bands(path, band, channels)
 
     def tensors() -> Iterator[torch.Tensor]:
         for rgb in bands:
