@@ -118,7 +118,7 @@ def _config_values() -> st.SearchStrategy:
 CONFIG_KEYS = ["in_channels", "out_channels", "encoder_block_out_channels", "decoder_block_out_channels",
                "act_fn", "upsample_fn", "latent_channels", "upsampling_scaling_factor", "num_encoder_blocks",
                "num_decoder_blocks", "latent_magnitude", "latent_shift", "force_upcast", "scaling_factor",
-               "shift_factor", "use_midblock_gn", "encoder_stem_channels"]
+               "shift_factor", "use_midblock_gn", "encoder_stem_channels", "patch_size"]
 
 
 @FUZZ

@@ -459,8 +459,7 @@ def test_d9_hub_error_with_a_cold_cache_says_what_the_hub_answered(hub, tmp_path
 def test_d10_any_size_and_batch_zero_as_diffusers(model, shape):
     from diffusers import AutoencoderTiny as DiffusersTiny
 
-    ref = DiffusersTiny(**{k: v for k, v in model.config.init_kwargs().items()
-                           if k not in ("use_midblock_gn", "encoder_stem_channels")}).eval()
+    ref = DiffusersTiny(**model.config.diffusers_kwargs()).eval()
     ref.load_state_dict(model.state_dict())
     x = torch.rand(shape, generator=torch.Generator().manual_seed(0)) * 2 - 1
     with torch.no_grad():

@@ -160,7 +160,7 @@ def _to_diffusers(model: AutoencoderTiny) -> nn.Module:
         raise ImportError("the diffusers contestant needs diffusers: pip install 'tinyae[diffusers]' "
                           "(or leave it out with --only)") from None
 
-    cfg = {k: v for k, v in model.config.init_kwargs().items() if k not in ("use_midblock_gn", "encoder_stem_channels")}
+    cfg = model.config.diffusers_kwargs()
     theirs = DiffusersTiny(**cfg)
     theirs.load_state_dict(model.state_dict(), strict=True)
     return theirs.eval()

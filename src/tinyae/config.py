@@ -174,6 +174,10 @@ class TinyConfig(Mapping):
         """The constructor parameters (no derived fields)."""
         return {k: self._data[k] for k in DEFAULTS}
 
+    def diffusers_kwargs(self) -> dict[str, Any]:
+        """The parameters diffusers' AutoencoderTiny takes (tinyae's own, EXTRA_DEFAULTS, left out)."""
+        return {k: self._data[k] for k in DIFFUSERS_DEFAULTS}
+
     def to_dict(self) -> dict[str, Any]:
         out = {"_class_name": "AutoencoderTiny"}
         for k, v in self._data.items():
