@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import settings
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,6 +22,10 @@ PHOTOS = sorted(IMAGES.glob("*.png"))
 # `make test` runs two pytest-xdist workers on 2 cores: one torch thread each avoids oversubscription, which
 # otherwise makes the suite about 3x slower. Benchmarks, not tests, measure multi-threaded speed.
 torch.set_num_threads(1)
+
+# No per-example deadline: timings belong in benchmarks, and a loaded CI machine must not fail a correct property.
+settings.register_profile("tinyae", deadline=None)
+settings.load_profile("tinyae")
 
 
 def load_photo(path: Path | str, multiple: int = 8) -> torch.Tensor:

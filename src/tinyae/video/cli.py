@@ -165,7 +165,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
     rep, started = Reporter(args.json), time.perf_counter()
     jobs = collect_videos(args.inputs)
-    check_output_folder(plan_outputs(jobs, Path(args.output), lambda p: p.stem + ".safetensors", (".safetensors",)))
+    check_output_folder(plan_outputs(jobs, Path(args.output), lambda j: j.input.stem + ".safetensors", (".safetensors",)))
     handle_existing(jobs, args.force, args.resume)
     model = load_video_model(args, args.model or os.environ.get(MODEL_ENV))
 
@@ -205,7 +205,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
     rep, started = Reporter(args.json), time.perf_counter()
     jobs = [Job(Path(p)) if Path(p).is_file() else Job(Path(p), status="failed", error=f"{p}: no such file")
             for p in args.inputs]
-    check_output_folder(plan_outputs(jobs, Path(args.output), lambda p: p.stem + ".mp4", tuple(VIDEO_SUFFIXES)))
+    check_output_folder(plan_outputs(jobs, Path(args.output), lambda j: j.input.stem + ".mp4", tuple(VIDEO_SUFFIXES)))
     handle_existing(jobs, args.force, args.resume)
     model = load_video_model(args, args.model or os.environ.get(MODEL_ENV))
 
@@ -237,7 +237,7 @@ def cmd_roundtrip(args: argparse.Namespace) -> int:
     rep, started = Reporter(args.json), time.perf_counter()
     jobs = collect_videos(args.inputs)
     if args.output:
-        check_output_folder(plan_outputs(jobs, Path(args.output), lambda p: p.stem + ".decoded.mp4", ()))
+        check_output_folder(plan_outputs(jobs, Path(args.output), lambda j: j.input.stem + ".decoded.mp4", ()))
         handle_existing(jobs, args.force, args.resume)
     model = load_video_model(args, args.model or os.environ.get(MODEL_ENV))
     if model.config.frames.keep_all_for_even_latents:
