@@ -1,0 +1,7 @@
+"""`python -m tinyae.cli`."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
