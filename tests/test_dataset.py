@@ -399,3 +399,39 @@ def test_decode_dataset_names_are_unique_without_doubled_suffixes():
     assert output_names(["sub1/im01.png", "sub1/im01.png#flip", "data/0", "a.png", "a.jpg", "b__c.png", "b/c.png"]
                         ) == ["sub1__im01.png", "sub1__im01-flip.png", "data__0.png", "a.png.png", "a.jpg.png",
                               "b__c.png.png", "b__c.png~1.png"]
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "safetensors"])
+def test_shard_reads_rows_of_any_row_group_in_any_order(tmp_path, fmt):
+    from tinyae.dataset.shards import Shard, write_shard
+
+    g = torch.Generator().manual_seed(0)
+    rows = [{"key": f"{i:04d}", "source": "s", "source_sha256": "0", "original_size": [8, 8], "resized_size": [8, 8],
+             "crop": [0, 0, 8, 8], "flipped": False, "latent_shape": [4, 1 + i % 3, 2], "latent_dtype": "bfloat16",
+             "model": "m", "model_sha256": "0", "precision": "bf16", "preprocess": "p",
+             "latents": torch.randn(4, 1 + i % 3, 2, generator=g), "mean": torch.randn(4, 1 + i % 3, 2, generator=g)}
+            for i in range(600)]  # 3 Parquet row groups (256 rows each), rows of 3 shapes
+    write_shard(tmp_path / f"s.{fmt}", rows, fmt)
+    shard = Shard(tmp_path / f"s.{fmt}")
+    assert len(shard) == 600 and shard.fields == ["latents", "mean"] and shard.rows[599]["key"] == "0599"
+    for i in [599, 0, 256, 255, 300, 511, 512, 1, 598]:
+        for f in ("latents", "mean"):
+            assert torch.equal(shard.tensor(i, f), rows[i][f].to(torch.bfloat16)), (i, f)
+    with pytest.raises(IndexError):
+        shard.tensor(600)
+
+
+def test_latent_batches_stack_rows_of_one_shape(reference):
+    rows = LatentDataset(reference).shuffled(0)
+    batches = list(rows.batches(3))
+    keys = [r["key"] for b in batches for r in b["rows"]]
+    assert sorted(keys) == sorted(r["key"] for r in rows)  # every row once
+    for b in batches:
+        assert b["latents"].shape[0] == len(b["rows"]) <= 3 and b["latents"].dtype == torch.float32
+        assert all(list(b["latents"].shape[1:]) == r["latent_shape"] for r in b["rows"])  # buckets never mix
+        assert "latents" not in b["rows"][0]
+    assert len({tuple(b["latents"].shape[1:]) for b in batches}) > 1
+    full = list(rows.batches(3, drop_last=True))
+    assert all(len(b["rows"]) == 3 for b in full)
+    loader = torch.utils.data.DataLoader(rows.batches(3), batch_size=None, num_workers=2)
+    assert sorted(r["key"] for b in loader for r in b["rows"]) == sorted(keys)

@@ -54,6 +54,10 @@ def cluster(tmp_path_factory):
     common = ["--num-cpus=1", "--object-store-memory=80000000", "--memory=1000000000", "--disable-usage-stats",
               "--block"]
     env = {**child_env(), "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+    # Ray 2.60 turns token authentication on by itself when ~/.ray/auth_token exists (any earlier ray.init() of
+    # this user writes one), and then every client needs the token: this 127.0.0.1 test cluster runs without it
+    saved_mode = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = env["RAY_AUTH_MODE"] = "disabled"  # (read by child_env() and ray.init here)
     nodes = [subprocess.Popen([RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
                                "--include-dashboard=false", f"--temp-dir={tmp}", *common], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)]
@@ -70,6 +74,10 @@ def cluster(tmp_path_factory):
         assert got.stdout.split()[-2:] == ["2", "2.0"], got.stderr[-2000:]
         yield address
     finally:
+        if saved_mode is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = saved_mode
         for p in reversed(nodes):
             p.send_signal(signal.SIGTERM)
         for p in reversed(nodes):

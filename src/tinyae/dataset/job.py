@@ -10,7 +10,8 @@ from typing import Any, Callable, Sequence
 
 from ..weights import first_line
 from .encode import Encoder, ShardWorker
-from .manifest import (SHARDS, DatasetError, JobSpec, clean_temporaries, done_shards, open_job, pending_shards, write_errors)
+from .manifest import (SHARDS, DatasetError, JobSpec, clean_temporaries, done_shards, open_job, pending_shards,
+                       write_errors)
 from .preprocess import Preprocess
 from .shards import FORMATS, LATENT_DTYPES
 from .sources import Source, open_source
