@@ -156,6 +156,9 @@ def run_on_ray(out: Path, source: Source, spec: JobSpec, pre: Preprocess, model:
                 # may take every CPU of the cluster, which would leave none to the reads and the exchange.
                 ds = ds.groupby("shard", num_partitions=len(wave)).map_groups(_pack, batch_format="pyarrow")
                 ds = ds.materialize().map_batches(_ShardEncoder, batch_size=1, **encode)
+            else:
+                ds = ray.data.from_items([{"shard": s} for s in shard_ids], override_num_blocks=len(wave))
+                ds = ds.map_batches(_ShardEncoder, batch_size=1, **encode)
             for row in ds.iter_rows():
                 if on_progress is not None:
                     on_progress(int(row["images"]))
