@@ -388,8 +388,11 @@ def test_cli_vae_teacher_folder(tmp_path, images, capsys):
     assert Image.open(tmp_path / "dec" / "im00.png").size == (16, 16)
     (tmp_path / "notvae").mkdir()
     (tmp_path / "notvae" / "config.json").write_text('{"_class_name": "UNet2DModel"}')
-    for bad, says in ((tmp_path / "notvae", "expected a diffusers AutoencoderKL"), (tmp_path, "config.json")):
-        assert cli.main(["encode-dataset", str(images), "-o", str(tmp_path / "x"), "--vae", str(bad)]) == 1
+    for bad, says in ((["--vae", str(tmp_path / "notvae")], "expected a diffusers AutoencoderKL"),
+                      (["--vae", str(tmp_path)], "config.json"), (["--vae", str(folder), "--precision", "bf16"],
+                                                                   "runs as loaded"),
+                      (["--vae", str(folder), "-m", "taef2"], "not both")):
+        assert cli.main(["encode-dataset", str(images), "-o", str(tmp_path / "x"), *bad]) == 1
         assert says in capsys.readouterr().err
 
 

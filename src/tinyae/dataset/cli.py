@@ -123,6 +123,8 @@ def _encode(args: argparse.Namespace, rep: Reporter) -> int:
                          path_column=args.path_column, key_column=args.key_column)
     if args.vae and args.model:
         raise CliError("give --model (a TAE) or --vae (a full VAE), not both")
+    if args.vae and args.precision != "auto":
+        raise CliError(f"--precision {args.precision} is for a TAE's optimize(); a --vae runs as loaded (float32)")
     device = _resolve_device(args.device)
     model = load_vae(args.vae, device) if args.vae else args.model or os.environ.get(MODEL_ENV) or "taef2"
     bar = _Bar(rep)
