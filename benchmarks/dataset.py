@@ -1,8 +1,10 @@
 """Dataset encoding benchmark: the local runner end to end vs the encoder alone, peak RSS vs the number of images,
-the Ray runner vs the local one, and LatentDataset read-back vs one .npz per image.
+the Ray runner vs the local one, the time to resume after kill -9, and LatentDataset read-back (Parquet and
+safetensors shards) vs one .npz per image.
 
     python benchmarks/dataset.py                                # the issue's setting: 2,000 images of 512²
     python benchmarks/dataset.py --images 200 --size 256 --ray  # a small run
+    python benchmarks/dataset.py --images 400 --size 256 --read-only  # resume and read-back only
 
 Images are made from the shared photos (random resized crops, flips and colour changes), written as JPEG.
 Needs a quiet machine: every figure is throughput.
@@ -85,9 +87,31 @@ def child_rss(images: Path, out: Path, args: argparse.Namespace) -> tuple[float,
     return rate, rss
 
 
-def read_back(out: Path, tmp: Path) -> tuple[float, float]:
-    """rows/s of LatentDataset.shuffled() and of reading the same latents from one .npz per row."""
+def as_safetensors(out: Path, dest: Path) -> Path:
+    """A copy of a Parquet-sharded dataset folder with safetensors shards (same rows), for the read-back."""
+    import shutil
+
+    from tinyae.dataset import LatentDataset
+    from tinyae.dataset.manifest import SHARDS, done_shards, marker_path, write_json
+    from tinyae.dataset.shards import Shard, write_shard
+
+    shutil.copytree(out, dest)
+    for n, m in done_shards(out):
+        shard = Shard(out / SHARDS / m["file"])
+        rows = [{**r, **{f: shard.tensor(i, f) for f in shard.fields}} for i, r in enumerate(shard.rows)]
+        (dest / SHARDS / m["file"]).unlink()
+        name = m["file"].replace(".parquet", ".safetensors")
+        write_shard(dest / SHARDS / name, rows, "safetensors")
+        write_json(marker_path(dest, n), {**m, "file": name})
+    LatentDataset(dest)  # opens
+    return dest
+
+
+def read_back(out: Path, tmp: Path, repeats: int = 3) -> dict[str, float]:
+    """rows/s of LatentDataset.shuffled() over Parquet and safetensors shards and of reading the same latents from
+    one .npz per row (float32 tensors in the end, all three); the best of `repeats` interleaved passes."""
     import numpy as np
+    import torch
 
     from tinyae.dataset import LatentDataset
 
@@ -96,16 +120,54 @@ def read_back(out: Path, tmp: Path) -> tuple[float, float]:
     npz.mkdir()
     for i in range(len(ds)):  # what per-image caches store (.npz has no bfloat16: float16)
         np.savez(npz / f"{i:06d}.npz", latents=ds[i]["latents"].half().numpy())
-    t = time.perf_counter()
-    n = sum(1 for r in LatentDataset(out).shuffled(0) if r["latents"] is not None)
-    a = n / (time.perf_counter() - t)
+    st = as_safetensors(out, tmp / "out-safetensors")
     files = sorted(npz.iterdir())
     random.Random(0).shuffle(files)
+
+    def shards(folder: Path) -> float:
+        t = time.perf_counter()
+        n = sum(1 for r in LatentDataset(folder).shuffled(0) if r["latents"] is not None)
+        return n / (time.perf_counter() - t)
+
+    def per_file() -> float:
+        t = time.perf_counter()
+        for f in files:
+            with np.load(f) as z:
+                torch.from_numpy(z["latents"].astype(np.float32))
+        return len(files) / (time.perf_counter() - t)
+
+    best = {"parquet": 0.0, "safetensors": 0.0, "npz": 0.0}
+    for _ in range(repeats):
+        for name, f in (("parquet", lambda: shards(out)), ("safetensors", lambda: shards(st)), ("npz", per_file)):
+            best[name] = max(best[name], f())
+    return best
+
+
+def resume_after_kill(images: Path, out: Path, args: argparse.Namespace, runner: str) -> dict[str, float]:
+    """`tinyae encode-dataset` killed with SIGKILL once half its shards are done, then rerun: seconds of the
+    uninterrupted part, of the rerun, and of a second rerun with nothing left to do (the bookkeeping alone)."""
+    import signal
+
+    cmd = [sys.executable, "-m", "tinyae", "encode-dataset", str(images), "-o", str(out), "-m", args.model,
+           "--size", str(args.size), "--shard-size", "100", "--batch-size", str(args.batch_size), "--threads",
+           str(args.threads), "--runner", runner]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": str(args.torch_threads)}
+    shards = -(-len(list(images.iterdir())) // 100)
     t = time.perf_counter()
-    for f in files:
-        with np.load(f) as z:
-            z["latents"].astype(np.float32)
-    return a, len(files) / (time.perf_counter() - t)
+    job = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while job.poll() is None and len(list((out / "shards").glob("*.done.json"))) < max(1, shards // 2):
+        time.sleep(0.05)
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    first = time.perf_counter() - t
+    done = len(list((out / "shards").glob("*.done.json")))
+    t = time.perf_counter()
+    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    rerun = time.perf_counter() - t
+    t = time.perf_counter()
+    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    return {"killed_after_s": first, "shards_done_at_kill": done, "shards": shards, "rerun_s": rerun,
+            "nothing_to_do_s": time.perf_counter() - t}
 
 
 def main() -> None:
@@ -117,6 +179,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2, help="image reading threads")
     p.add_argument("--torch-threads", type=int, default=2)
     p.add_argument("--ray", action="store_true", help="also the Ray runner (a local Ray started by ray.init)")
+    p.add_argument("--read-only", action="store_true", help="only the read-back (and resume) part")
     args = p.parse_args()
     import torch
 
@@ -124,20 +187,29 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         make_images(tmp / "images", args.images, args.size)
-        make_images(tmp / "half", args.images // 2, args.size)
-        alone = encoder_alone(tmp / "images", args.model, args.size, args.batch_size)
-        rate, rss = child_rss(tmp / "images", tmp / "out", args)
-        _, rss_half = child_rss(tmp / "half", tmp / "out-half", args)
-        print(f"encoder alone          {alone:8.1f} images/s ({args.size}², batch {args.batch_size})")
-        print(f"local runner           {rate:8.1f} images/s  = {100 * rate / alone:.0f}% of the encoder alone")
-        print(f"peak RSS               {rss_half} MB at {args.images // 2} images, {rss} MB at {args.images}")
-        if args.ray:
+        if args.read_only:
+            run_job(tmp / "images", tmp / "out", args.model, args.size, args.batch_size, args.threads, "local")
+        else:
+            make_images(tmp / "half", args.images // 2, args.size)
+            alone = encoder_alone(tmp / "images", args.model, args.size, args.batch_size)
+            rate, rss = child_rss(tmp / "images", tmp / "out", args)
+            _, rss_half = child_rss(tmp / "half", tmp / "out-half", args)
+            print(f"encoder alone          {alone:8.1f} images/s ({args.size}², batch {args.batch_size})")
+            print(f"local runner           {rate:8.1f} images/s  = {100 * rate / alone:.0f}% of the encoder alone")
+            print(f"peak RSS               {rss_half} MB at {args.images // 2} images, {rss} MB at {args.images}")
+        if args.ray and not args.read_only:
             s = run_job(tmp / "images", tmp / "out-ray", args.model, args.size, args.batch_size, args.threads,
                         "ray")
             print(f"ray runner (1 actor)   {s['images_per_s']:8.1f} images/s  = {100 * s['images_per_s'] / rate:.0f}%"
                   " of the local runner (includes starting Ray)")
-        a, b = read_back(tmp / "out", tmp)
-        print(f"read-back              LatentDataset {a:.0f} rows/s, one .npz per image {b:.0f} rows/s")
+        for runner in ("local", "ray") if args.ray else ("local",):
+            r = resume_after_kill(tmp / "images", tmp / f"killed-{runner}", args, runner)
+            print(f"resume ({runner:5})         kill -9 at {r['shards_done_at_kill']}/{r['shards']} shards after "
+                  f"{r['killed_after_s']:.1f} s; rerun finished in {r['rerun_s']:.1f} s; a rerun with nothing "
+                  f"left took {r['nothing_to_do_s']:.1f} s")
+        r = read_back(tmp / "out", tmp)
+        print(f"read-back (shuffled)   LatentDataset Parquet {r['parquet']:.0f} rows/s, safetensors "
+              f"{r['safetensors']:.0f} rows/s; one .npz per image {r['npz']:.0f} rows/s")
 
 
 if __name__ == "__main__":

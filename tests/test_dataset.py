@@ -170,13 +170,17 @@ def test_latent_dtypes(tmp_path, images, model_dir, reference, dtype):
     assert r["latents"].dtype == getattr(torch, dtype) and r["latent_shape"] == [4, 2, 2]
 
 
-def test_teacher_mean_and_logvar_from_a_full_vae(tmp_path, images):
+def tiny_vae():
     from diffusers import AutoencoderKL
 
     torch.manual_seed(0)
-    vae = AutoencoderKL(block_out_channels=(8, 8), layers_per_block=1, latent_channels=4, norm_num_groups=4,
-                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                        scaling_factor=0.5).eval()
+    return AutoencoderKL(block_out_channels=(8, 8), layers_per_block=1, latent_channels=4, norm_num_groups=4,
+                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                         scaling_factor=0.5).eval()
+
+
+def test_teacher_mean_and_logvar_from_a_full_vae(tmp_path, images):
+    vae = tiny_vae()
     out = tmp_path / "teacher"
     s = encode_dataset(images, out, vae, preprocess=Preprocess("center", 16), shard_size=8)
     assert s["precision"] == "eager-float32"
@@ -353,8 +357,84 @@ def test_cli_encode_and_decode_dataset(tmp_path, images, model_dir, capsys):
     assert "17 images in 3 shards (0 already done, 3 made now): 16 rows, 1 errors" in capsys.readouterr().out
     assert cli.main(["decode-dataset", str(out), "-o", str(tmp_path / "dec"), "-m", str(model_dir), "--keys",
                      "sub1/im01.png"]) == 0
-    assert Image.open(tmp_path / "dec" / "sub1__im01.png.png").size == (16, 16)
+    assert Image.open(tmp_path / "dec" / "sub1__im01.png").size == (16, 16)
     assert cli.main(["encode-dataset", str(tmp_path / "nope"), "-o", str(out)]) == 1
     assert "tinyae: error: " in capsys.readouterr().err
     assert cli.main(["encode-dataset", str(images), "-o", str(out), "-m", str(model_dir), "--size", "16"]) == 1
     assert "holds latents made with" in capsys.readouterr().err
+
+
+def test_cli_vae_teacher_folder(tmp_path, images, capsys):
+    vae, folder = tiny_vae(), tmp_path / "vae"
+    vae.save_pretrained(folder)  # config.json + diffusion_pytorch_model.safetensors
+    out = tmp_path / "teacher"
+    assert cli.main(["encode-dataset", str(images), "-o", str(out), "--vae", str(folder), "--crop", "center",
+                     "--size", "16", "--shard-size", "8", "--flip", "both"]) == 0
+    ref = encode_dataset(images, tmp_path / "api", vae, preprocess=Preprocess("center", 16, flip="both"),
+                         shard_size=8)
+    got, want = rows_by_key(out), rows_by_key(tmp_path / "api")
+    assert len(got) == 32 and got.keys() == want.keys()
+    for k in want:
+        for f in ("latents", "mean", "logvar"):
+            assert torch.equal(got[k][f], want[k][f])
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["teacher"] and man["model"] == "AutoencoderKL:vae" and man["model_sha256"] == ref["model_sha256"]
+    capsys.readouterr()
+    assert cli.main(["decode-dataset", str(out), "-o", str(tmp_path / "dec"), "--limit", "2"]) == 1
+    assert "decode it with --vae FOLDER" in capsys.readouterr().err
+    assert cli.main(["decode-dataset", str(out), "-o", str(tmp_path / "dec"), "--vae", str(folder), "--keys",
+                     "im00.png", "im00.png#flip"]) == 0
+    assert sorted(p.name for p in (tmp_path / "dec").iterdir()) == ["im00-flip.png", "im00.png"]
+    assert Image.open(tmp_path / "dec" / "im00.png").size == (16, 16)
+    (tmp_path / "notvae").mkdir()
+    (tmp_path / "notvae" / "config.json").write_text('{"_class_name": "UNet2DModel"}')
+    for bad, says in ((["--vae", str(tmp_path / "notvae")], "expected a diffusers AutoencoderKL"),
+                      (["--vae", str(tmp_path)], "config.json"), (["--vae", str(folder), "--precision", "bf16"],
+                                                                   "runs as loaded"),
+                      (["--vae", str(folder), "-m", "taef2"], "not both")):
+        assert cli.main(["encode-dataset", str(images), "-o", str(tmp_path / "x"), *bad]) == 1
+        assert says in capsys.readouterr().err
+
+
+def test_decode_dataset_names_are_unique_without_doubled_suffixes():
+    from tinyae.dataset.cli import output_names
+
+    assert output_names(["sub1/im01.png", "sub1/im01.png#flip", "data/0", "a.png", "a.jpg", "b__c.png", "b/c.png"]
+                        ) == ["sub1__im01.png", "sub1__im01-flip.png", "data__0.png", "a.png.png", "a.jpg.png",
+                              "b__c.png.png", "b__c.png~1.png"]
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "safetensors"])
+def test_shard_reads_rows_of_any_row_group_in_any_order(tmp_path, fmt):
+    from tinyae.dataset.shards import Shard, write_shard
+
+    g = torch.Generator().manual_seed(0)
+    rows = [{"key": f"{i:04d}", "source": "s", "source_sha256": "0", "original_size": [8, 8], "resized_size": [8, 8],
+             "crop": [0, 0, 8, 8], "flipped": False, "latent_shape": [4, 1 + i % 3, 2], "latent_dtype": "bfloat16",
+             "model": "m", "model_sha256": "0", "precision": "bf16", "preprocess": "p",
+             "latents": torch.randn(4, 1 + i % 3, 2, generator=g), "mean": torch.randn(4, 1 + i % 3, 2, generator=g)}
+            for i in range(600)]  # 3 Parquet row groups (256 rows each), rows of 3 shapes
+    write_shard(tmp_path / f"s.{fmt}", rows, fmt)
+    shard = Shard(tmp_path / f"s.{fmt}")
+    assert len(shard) == 600 and shard.fields == ["latents", "mean"] and shard.rows[599]["key"] == "0599"
+    for i in [599, 0, 256, 255, 300, 511, 512, 1, 598]:
+        for f in ("latents", "mean"):
+            assert torch.equal(shard.tensor(i, f), rows[i][f].to(torch.bfloat16)), (i, f)
+    with pytest.raises(IndexError):
+        shard.tensor(600)
+
+
+def test_latent_batches_stack_rows_of_one_shape(reference):
+    rows = LatentDataset(reference).shuffled(0)
+    batches = list(rows.batches(3))
+    keys = [r["key"] for b in batches for r in b["rows"]]
+    assert sorted(keys) == sorted(r["key"] for r in rows)  # every row once
+    for b in batches:
+        assert b["latents"].shape[0] == len(b["rows"]) <= 3 and b["latents"].dtype == torch.float32
+        assert all(list(b["latents"].shape[1:]) == r["latent_shape"] for r in b["rows"])  # buckets never mix
+        assert "latents" not in b["rows"][0]
+    assert len({tuple(b["latents"].shape[1:]) for b in batches}) > 1
+    full = list(rows.batches(3, drop_last=True))
+    assert all(len(b["rows"]) == 3 for b in full)
+    loader = torch.utils.data.DataLoader(rows.batches(3), batch_size=None, num_workers=2)
+    assert sorted(r["key"] for b in loader for r in b["rows"]) == sorted(keys)

@@ -54,6 +54,10 @@ def cluster(tmp_path_factory):
     common = ["--num-cpus=1", "--object-store-memory=80000000", "--memory=1000000000", "--disable-usage-stats",
               "--block"]
     env = {**child_env(), "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+    # Ray 2.60 turns token authentication on by itself when ~/.ray/auth_token exists (any earlier ray.init() of
+    # this user writes one), and then every client needs the token: this 127.0.0.1 test cluster runs without it
+    saved_mode = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = env["RAY_AUTH_MODE"] = "disabled"  # (read by child_env() and ray.init here)
     nodes = [subprocess.Popen([RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
                                "--include-dashboard=false", f"--temp-dir={tmp}", *common], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)]
@@ -70,6 +74,10 @@ def cluster(tmp_path_factory):
         assert got.stdout.split()[-2:] == ["2", "2.0"], got.stderr[-2000:]
         yield address
     finally:
+        if saved_mode is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = saved_mode
         for p in reversed(nodes):
             p.send_signal(signal.SIGTERM)
         for p in reversed(nodes):
@@ -121,3 +129,33 @@ def test_ray_cluster_worker_killed_mid_job_every_row_once(cluster, tmp_path):
                        runner="ray", address=cluster, workers=1)
     assert (s["shards_todo"], s["rows"]) == (2, 48)
     assert rows_by_key(local).keys() == ray_rows.keys()
+
+
+def test_ray_reads_lists_and_container_rows_like_the_local_runner(cluster, tmp_path):
+    """A list with a missing file (an error row, not a failed Ray read; its shard has no readable file at all)
+    goes through Ray's file reader; Parquet image bytes through the actors' own fetch. Same markers as local."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tinyae.dataset import open_source
+    from tinyae.dataset.ray_runner import ray_reads
+
+    files = make_images(tmp_path / "src", 5)
+    model = tmp_path / "model"
+    tiny_model().save_pretrained(model)
+    lst = tmp_path / "list.txt"
+    lst.write_text("\n".join([*map(str, files), "src/im00.png", "zz-missing.png"]) + "\n")  # im00 listed twice
+    pq.write_table(pa.table({"image": [p.read_bytes() for p in files]}), tmp_path / "bytes.parquet")
+    sources = {"list": open_source([str(lst)]), "parquet": open_source([str(tmp_path / "bytes.parquet")])}
+    assert [ray_reads(s) for s in sources.values()] == [True, False]
+    for name, src in sources.items():
+        runs = {}
+        for runner in ("ray", "local"):
+            out = tmp_path / f"{name}-{runner}"
+            runs[runner] = encode_dataset(src, out, str(model), preprocess=PRE, shard_size=2, batch_size=2,
+                                          threads=1, runner=runner, address=cluster, workers=2)
+        assert runs["ray"]["rows"] == runs["local"]["rows"] == 10 + 2 * (name == "list"), name
+        assert runs["ray"]["errors"] == (name == "list"), name
+        for m in sorted((tmp_path / f"{name}-local" / "shards").glob("*.done.json")):
+            a = json.loads((tmp_path / f"{name}-ray" / "shards" / m.name).read_text())
+            assert a == json.loads(m.read_text()), (name, m.name)

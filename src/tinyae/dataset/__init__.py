@@ -11,9 +11,9 @@ from .encode import Encoder, model_sha256
 from .job import encode_dataset
 from .manifest import DatasetError
 from .preprocess import Preprocess
-from .reader import LatentDataset, ShuffledLatents
+from .reader import LatentBatches, LatentDataset, ShuffledLatents
 from .shards import Shard
 from .sources import Item, Source, SourceError, open_source
 
-__all__ = ["encode_dataset", "LatentDataset", "ShuffledLatents", "Preprocess", "Source", "SourceError", "Item",
-           "open_source", "Shard", "DatasetError", "Encoder", "model_sha256"]
+__all__ = ["encode_dataset", "LatentDataset", "ShuffledLatents", "LatentBatches", "Preprocess", "Source",
+           "SourceError", "Item", "open_source", "Shard", "DatasetError", "Encoder", "model_sha256"]

@@ -16,6 +16,7 @@ ENCODE_EPILOG = """examples:
   tinyae encode-dataset list.txt -o latents/ --format safetensors
   tinyae encode-dataset data.parquet -o latents/ --image-column image --key-column id
   tinyae encode-dataset 'shards/' -o latents/ --source-kind webdataset    a folder of WebDataset .tar shards
+  tinyae encode-dataset photos/ -o teacher/ --vae sdxl-vae/                a full VAE: + mean and logvar
   tinyae encode-dataset photos/ -o latents/ --runner ray --address HOST:6379 --workers 8 --num-gpus 1
 Killed or failed? Run the same command again: finished shards are kept, the rest is redone."""
 
@@ -47,6 +48,8 @@ def build_encode_parser() -> argparse.ArgumentParser:
     g.add_argument("--shard-size", type=_positive, default=1000, help="source images per shard (default 1000)")
     g = p.add_argument_group("compute")
     g.add_argument("--model", "-m", help=f"tinyae --model value (default: ${MODEL_ENV}, else taef2)")
+    g.add_argument("--vae", metavar="FOLDER", help="encode with a full diffusers AutoencoderKL instead (a local "
+                   "save_pretrained folder, safetensors): rows also hold its posterior mean and logvar")
     g.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1")
     g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="model.optimize() precision (default auto)")
@@ -105,8 +108,8 @@ def _run(argv: list[str], build: Callable[[], argparse.ArgumentParser],
 
 
 def _encode(args: argparse.Namespace, rep: Reporter) -> int:
-    from ..cli import _resolve_device
-    from .job import encode_dataset
+    from ..cli import CliError, _resolve_device
+    from .job import encode_dataset, load_vae
     from .preprocess import Preprocess
     from .sources import open_source
 
@@ -118,10 +121,15 @@ def _encode(args: argparse.Namespace, rep: Reporter) -> int:
             raise ValueError(f"--buckets {args.buckets!r}: expected WxH,WxH,...") from None
     source = open_source(args.source, args.source_kind, image_column=args.image_column,
                          path_column=args.path_column, key_column=args.key_column)
-    model = args.model or os.environ.get(MODEL_ENV) or "taef2"
+    if args.vae and args.model:
+        raise CliError("give --model (a TAE) or --vae (a full VAE), not both")
+    if args.vae and args.precision != "auto":
+        raise CliError(f"--precision {args.precision} is for a TAE's optimize(); a --vae runs as loaded (float32)")
+    device = _resolve_device(args.device)
+    model = load_vae(args.vae, device) if args.vae else args.model or os.environ.get(MODEL_ENV) or "taef2"
     bar = _Bar(rep)
     with bar.bar:
-        s = encode_dataset(source, args.output, model, device=_resolve_device(args.device),
+        s = encode_dataset(source, args.output, model, device=device,
                            preprocess=Preprocess(args.crop, args.size, args.flip, args.seed, buckets),
                            precision=args.precision, optimize=not args.no_optimize, latent_dtype=args.latent_dtype,
                            format=args.format, shard_size=args.shard_size, batch_size=args.batch_size,
@@ -149,6 +157,8 @@ def build_decode_parser() -> argparse.ArgumentParser:
     p.add_argument("--keys", nargs="+", help="decode these keys (default: the first --limit rows)")
     p.add_argument("--limit", type=_positive, default=16, help="rows to decode without --keys (default 16)")
     p.add_argument("--model", "-m", help="decoder (default: $TINYAE_MODEL, else the dataset's model)")
+    p.add_argument("--vae", metavar="FOLDER", help="decode with a full diffusers AutoencoderKL (its posterior "
+                   "mean where the rows hold it)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true")
     p.add_argument("--debug", action="store_true")
@@ -156,8 +166,9 @@ def build_decode_parser() -> argparse.ArgumentParser:
 
 
 def _decode(args: argparse.Namespace, rep: Reporter) -> int:
-    from ..cli import load_model, save_image
+    from ..cli import CliError, load_model, save_image
     from ..images import EncodedImage, decode_latents
+    from .job import load_vae
     from .reader import LatentDataset
 
     ds = LatentDataset(args.dataset)
@@ -169,17 +180,64 @@ def _decode(args: argparse.Namespace, rep: Reporter) -> int:
         rows = [ds.row(*where[k]) for k in args.keys]
     else:
         rows = [ds[i] for i in range(min(args.limit, len(ds)))]
-    spec = args.model or os.environ.get(MODEL_ENV) or ds.manifest["model"]
-    model, _ = load_model(spec, args.device)
+    spec = args.model or os.environ.get(MODEL_ENV)
+    if args.vae:
+        vae = load_vae(args.vae, args.device)
+        images = [_vae_decode(vae, r) for r in rows]
+    else:
+        if not spec and ds.manifest.get("teacher"):
+            raise CliError(f"{args.dataset} was encoded by a full VAE ({ds.manifest['model']}): decode it with "
+                           "--vae FOLDER, or --model a TAE of the same latent space")
+        model, _ = load_model(spec or ds.manifest["model"], args.device)
+        images = decode_latents(model, [EncodedImage(r["latents"].float()) for r in rows])
     out = Path(args.output)
     written = []
-    for r, im in zip(rows, decode_latents(model, [EncodedImage(r["latents"].float()) for r in rows])):
-        path = out / (r["key"].replace("/", "__").replace("#", ".") + ".png")
+    names = output_names([r["key"] for r in rows])
+    for r, name, im in zip(rows, names, images):
+        path = out / name
         save_image(im, path, "png")
         written.append(str(path))
         rep.line(f"{r['key']} -> {path}  ({im.size[0]}x{im.size[1]})")
     rep.emit({"command": "decode-dataset", "written": written})
     return 0
+
+
+def _vae_decode(vae: Any, row: dict[str, Any]) -> Any:
+    """A full VAE's decode of one row: its stored posterior mean, else latents / scaling_factor + shift_factor."""
+    import torch
+    from PIL import Image
+
+    cfg = vae.config
+    z = row["mean"] if "mean" in row else row["latents"] / cfg.scaling_factor + (cfg.get("shift_factor") or 0.0)
+    p = next(vae.parameters())
+    with torch.inference_mode():
+        x = vae.decode(z[None].to(p.device, p.dtype)).sample[0].float().cpu()
+    return Image.fromarray(((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy())
+
+
+def output_names(keys: list[str]) -> list[str]:
+    """PNG file names for row keys: folders joined by "__", the source's image suffix dropped, "#flip" as "-flip"
+    ("sub/im01.png#flip" -> "sub__im01-flip.png"); a name two keys would share keeps the whole key instead."""
+    from ..images import IMAGE_SUFFIXES
+
+    def short(key: str) -> str:
+        base, _, variant = key.partition("#")
+        stem, dot, suffix = base.rpartition(".")
+        if dot and f".{suffix.lower()}" in IMAGE_SUFFIXES and stem:
+            base = stem
+        return base.replace("/", "__") + (f"-{variant}" if variant else "") + ".png"
+
+    def whole(key: str) -> str:
+        return key.replace("/", "__").replace("#", "-") + ".png"
+
+    names = [short(k) for k in keys]
+    names = [whole(k) if names.count(n) > 1 else n for k, n in zip(keys, names)]  # "a.png", "a.jpg"
+    seen: dict[str, int] = {}
+    for i, n in enumerate(names):  # still shared (keys that differ only in "/" vs "__"): numbered
+        seen[n] = seen.get(n, 0) + 1
+        if seen[n] > 1:
+            names[i] = f"{n[:-4]}~{seen[n] - 1}.png"
+    return names
 
 
 def decode_main(argv: list[str]) -> int:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from ..weights import first_line
 from .encode import Encoder, ShardWorker
-from .manifest import (SHARDS, JobSpec, clean_temporaries, done_shards, open_job, pending_shards, write_errors)
+from .manifest import (SHARDS, DatasetError, JobSpec, clean_temporaries, done_shards, open_job, pending_shards,
+                       write_errors)
 from .preprocess import Preprocess
 from .shards import FORMATS, LATENT_DTYPES
 from .sources import Source, open_source
@@ -26,6 +29,30 @@ def load_encoder_model(model: Any, device: str = "cpu") -> tuple[Any, str]:
     spec = ",".join(s or "" for s in model) if isinstance(model, tuple) else model
     loaded, source = load_model(spec, device)
     return loaded, identify_variant(source, loaded) or spec
+
+
+def load_vae(folder: str | Path, device: str = "cpu") -> Any:
+    """A full diffusers VAE (AutoencoderKL, or another `AutoencoderKL*` class named by its config.json) from a
+    local folder written by `save_pretrained`: the teacher whose posterior mean and logvar go into every row.
+    safetensors weights only (nothing from the folder is executed); never downloads."""
+    import diffusers
+
+    folder = Path(folder)
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"--vae {folder}: not a diffusers model folder (config.json: {first_line(e)})") from None
+    name = config.get("_class_name", "")
+    cls = getattr(diffusers, name, None) if name.startswith("AutoencoderKL") else None
+    if cls is None:
+        raise DatasetError(f"--vae {folder}: config.json names {name or 'no class'!r}; expected a diffusers "
+                           "AutoencoderKL (a full VAE)")
+    try:
+        vae = cls.from_pretrained(str(folder), local_files_only=True, use_safetensors=True)
+    except (OSError, ValueError, EnvironmentError) as e:
+        raise DatasetError(f"--vae {folder}: {first_line(e)}") from None
+    vae._tinyae_name = f"{name}:{folder.resolve().name}"
+    return vae.to(device).eval()
 
 
 def encode_dataset(source: Source | str | Sequence[str], out: str | Path, model: Any = "taef2", *,

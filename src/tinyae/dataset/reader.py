@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from .manifest import SHARDS, done_shards, read_manifest
-from .shards import Shard
+from .shards import TENSOR_FIELDS, Shard
 
 
 class LatentDataset(Dataset):
@@ -54,7 +54,7 @@ class LatentDataset(Dataset):
         item = dict(s.rows[i])
         for f in s.fields:
             t = s.tensor(i, f)
-            item[f] = t if self.dtype is None else t.to(self.dtype)
+            item[f] = t.clone() if self.dtype is None else t.to(self.dtype, copy=True)  # not a view of the shard
         return item
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -85,6 +85,10 @@ class ShuffledLatents(IterableDataset):
     def __len__(self) -> int:
         return len(self.data)
 
+    def batches(self, batch_size: int, drop_last: bool = False) -> "LatentBatches":
+        """The same rows in batches of one latent shape (aspect buckets never mix); see LatentBatches."""
+        return LatentBatches(self, batch_size, drop_last)
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         rng = random.Random(f"{self.seed}:{self.epoch}")
         order = list(range(len(self.data.files)))
@@ -97,3 +101,34 @@ class ShuffledLatents(IterableDataset):
             random.Random(f"{self.seed}:{self.epoch}:{n}").shuffle(rows)
             for i in rows:
                 yield self.data.row(n, i)
+
+
+class LatentBatches(IterableDataset):
+    """Batches of `batch_size` rows of one latent shape, from a ShuffledLatents pass: {"latents": (B, C, h, w),
+    "mean"/"logvar" likewise when stored, "rows": the B rows' metadata dicts}. Rows wait per shape until a batch
+    is full; at the end the partial batches come out (in shape order) unless `drop_last`. Use it with
+    `DataLoader(batches, batch_size=None, num_workers=W)`: each worker batches the shards it reads."""
+
+    def __init__(self, rows: ShuffledLatents, batch_size: int, drop_last: bool = False):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.rows, self.batch_size, self.drop_last = rows, batch_size, drop_last
+
+    def set_epoch(self, epoch: int) -> None:
+        self.rows.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        waiting: dict[tuple[int, ...], list[dict[str, Any]]] = {}
+        for row in self.rows:
+            group = waiting.setdefault(tuple(row["latent_shape"]), [])
+            group.append(row)
+            if len(group) == self.batch_size:
+                yield _stack(waiting.pop(tuple(row["latent_shape"])))
+        for shape in sorted(waiting):
+            if not self.drop_last:
+                yield _stack(waiting[shape])
+
+
+def _stack(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    fields = [f for f in TENSOR_FIELDS if f in rows[0]]
+    return {**{f: torch.stack([r.pop(f) for r in rows]) for f in fields}, "rows": rows}

@@ -1,5 +1,5 @@
 """Shard files: Parquet (one row per image, latents as raw bytes plus shape and dtype) or safetensors (one tensor
-per row and field, the rows' other columns as JSON in the header). Written atomically; reading is lazy per row.
+per row and field, the rows' other columns as JSON in the header). Written atomically; reading is lazy per row group.
 """
 
 from __future__ import annotations
@@ -70,17 +70,28 @@ def _write_safetensors(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 class Shard:
-    """One shard file opened for reading: `rows` (the metadata of each row) and `tensor(i, field)` on demand."""
+    """One shard file opened for reading: `rows` (the metadata of each row) and `tensor(i, field)` on demand.
+
+    Parquet: the metadata columns are read at open; a tensor column is read (memory-mapped) one row group at a
+    time, the first time a row of that group is asked for, into one buffer per group (one copy out of Arrow per
+    group, none per row) of which each row is a view. safetensors: memory-mapped by safetensors, one tensor per
+    row read."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         if self.path.suffix == ".parquet":
             import pyarrow.parquet as pq
 
-            self._table = pq.read_table(self.path)
-            meta = [c for c in self._table.column_names if c not in TENSOR_FIELDS]
-            self.rows: list[dict[str, Any]] = self._table.select(meta).to_pylist()
-            self.fields = [f for f in TENSOR_FIELDS if f in self._table.column_names]
+            self._file = pq.ParquetFile(self.path, memory_map=True)
+            names = self._file.schema_arrow.names
+            self.fields = [f for f in TENSOR_FIELDS if f in names]
+            meta = [c for c in names if c not in TENSOR_FIELDS]
+            self.rows: list[dict[str, Any]] = self._file.read(columns=meta).to_pylist()
+            md = self._file.metadata
+            self._starts = [0]
+            for g in range(md.num_row_groups):
+                self._starts.append(self._starts[-1] + md.row_group(g).num_rows)
+            self._groups: dict[tuple[int, str], tuple[torch.Tensor, Any]] = {}
         else:
             from safetensors import safe_open
 
@@ -93,8 +104,29 @@ class Shard:
         return len(self.rows)
 
     def tensor(self, i: int, field: str = "latents") -> torch.Tensor:
-        """Row i's tensor in its stored dtype, shape `latent_shape` (C, h, w)."""
-        if self.path.suffix == ".parquet":
-            r = self.rows[i]
-            return bytes_tensor(self._table.column(field)[i].as_py(), r["latent_shape"], r["latent_dtype"])
-        return self._file.get_tensor(f"{i:06d}/{field}")
+        """Row i's tensor in its stored dtype, shape `latent_shape` (C, h, w). Parquet: a view into the shard's
+        buffer of that row group (read-only use; `.to()`/`.clone()` before changing it in place)."""
+        if not 0 <= i < len(self.rows):
+            raise IndexError(f"{self.path}: row {i} out of range for {len(self.rows)} rows")
+        if self.path.suffix != ".parquet":
+            return self._file.get_tensor(f"{i:06d}/{field}")
+        import bisect
+
+        g = bisect.bisect_right(self._starts, i) - 1
+        if (g, field) not in self._groups:
+            self._groups[(g, field)] = self._read_group(g, field)
+        data, offsets = self._groups[(g, field)]
+        j = i - self._starts[g]
+        r = self.rows[i]
+        return data[offsets[j]:offsets[j + 1]].view(LATENT_DTYPES[r["latent_dtype"]]).reshape(r["latent_shape"])
+
+    def _read_group(self, g: int, field: str) -> tuple[torch.Tensor, Any]:
+        """(all bytes of the group's `field` cells as one uint8 tensor, the cells' start offsets into it)."""
+        import numpy as np
+
+        col = self._file.read_row_group(g, columns=[field]).column(0).combine_chunks()
+        _, offsets_buf, data_buf = col.buffers()
+        offsets = np.frombuffer(offsets_buf, dtype=np.int32)[col.offset:col.offset + len(col) + 1]
+        data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
+        base = int(offsets[0])
+        return torch.from_numpy(data[base:int(offsets[-1])].copy()), (offsets - base).tolist()
