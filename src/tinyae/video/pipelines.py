@@ -129,6 +129,7 @@ class PipelineVideoVAE(AutoencoderTinyVideo):
             return model
         new = cls(model.config, encoder=model.encoder is not None, decoder=model.decoder is not None)
         new.load_state_dict(model.state_dict(), assign=True)
+        new.tile_rows = model.tile_rows
         return new.train(model.training)
 
     @property
