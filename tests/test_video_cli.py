@@ -84,3 +84,40 @@ def test_cli_video_errors(tmp_path, model_file, capsys):
     assert "not a multiple of 8" in capsys.readouterr().err
     assert main(["encode", str(video), "-o", str(tmp_path / "lat"), "-m", "taew2_1"]) == 1
     assert "give the weights file" in capsys.readouterr().err
+
+
+def test_cli_decode_to_frame_folder_and_streamed_roundtrip_output(tmp_path, model_file, monkeypatch, capsys):
+    import tinyae.video.cli as vcli
+
+    video = tmp_path / "in.mp4"
+    write_frames(video, iter(_frames(10)), fps=8)
+    m = str(model_file)
+    assert main(["encode", str(video), "-o", str(tmp_path / "lat"), "-m", m]) == 0
+    lat = tmp_path / "lat" / "in.safetensors"
+    assert main(["decode", str(lat), "-o", str(tmp_path / "dec"), "--frames", "-m", m]) == 0
+    pngs = sorted((tmp_path / "dec" / "in").iterdir())
+    assert [p.name for p in pngs] == [f"{k:06d}.png" for k in range(9)]
+    assert main(["decode", str(lat), "-o", str(tmp_path / "dec"), "--frames", "-m", m]) == 1  # never overwritten
+    assert "already exist" in capsys.readouterr().err
+
+    read, written_after = [0], []
+    real_read, real_write = vcli.read_frames, vcli.write_frames
+
+    def counting_read(path):
+        for a in real_read(path):
+            read[0] += 1
+            yield a
+
+    def watching_write(path, frames, **kw):
+        def watch():
+            for f in frames:
+                written_after.append(read[0])
+                yield f
+        return real_write(path, watch(), **kw)
+
+    monkeypatch.setattr(vcli, "read_frames", counting_read)
+    monkeypatch.setattr(vcli, "write_frames", watching_write)
+    assert main(["roundtrip", str(video), "-o", str(tmp_path / "rt"), "-m", m, "--json"]) == 0
+    f = json.loads(capsys.readouterr().out)["files"][0]
+    assert f["compared"] == 9 and len(list(real_read(tmp_path / "rt" / "in.decoded.mp4"))) == 9
+    assert len(written_after) == 9 and written_after[0] < 10  # the first frame is written before the last is read

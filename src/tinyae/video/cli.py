@@ -78,6 +78,8 @@ def wants_video(command: str, args: argparse.Namespace) -> bool:
         return True
     inputs = [Path(p) for p in args.inputs]
     if command == "decode":
+        if getattr(args, "frames", False):
+            return True
         return any(p.suffix == ".safetensors" and _safetensors_meta(p).get("kind") == "video" for p in inputs)
     return any(is_video_path(p) for p in inputs)
 
@@ -165,7 +167,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
     rep, started = Reporter(args.json), time.perf_counter()
     jobs = collect_videos(args.inputs)
-    check_output_folder(plan_outputs(jobs, Path(args.output), lambda p: p.stem + ".safetensors", (".safetensors",)))
+    check_output_folder(plan_outputs(jobs, Path(args.output), lambda j: j.input.stem + ".safetensors",
+                                     (".safetensors",)))
     handle_existing(jobs, args.force, args.resume)
     model = load_video_model(args, args.model or os.environ.get(MODEL_ENV))
 
@@ -205,7 +208,11 @@ def cmd_decode(args: argparse.Namespace) -> int:
     rep, started = Reporter(args.json), time.perf_counter()
     jobs = [Job(Path(p)) if Path(p).is_file() else Job(Path(p), status="failed", error=f"{p}: no such file")
             for p in args.inputs]
-    check_output_folder(plan_outputs(jobs, Path(args.output), lambda p: p.stem + ".mp4", tuple(VIDEO_SUFFIXES)))
+    if args.frames:  # a folder of PNG frames per video: OUT/<name>/
+        check_output_folder(plan_outputs(jobs, Path(args.output), lambda j: j.input.stem, ()))
+    else:
+        check_output_folder(plan_outputs(jobs, Path(args.output), lambda j: j.input.stem + ".mp4",
+                                         tuple(VIDEO_SUFFIXES)))
     handle_existing(jobs, args.force, args.resume)
     model = load_video_model(args, args.model or os.environ.get(MODEL_ENV))
 
@@ -237,7 +244,7 @@ def cmd_roundtrip(args: argparse.Namespace) -> int:
     rep, started = Reporter(args.json), time.perf_counter()
     jobs = collect_videos(args.inputs)
     if args.output:
-        check_output_folder(plan_outputs(jobs, Path(args.output), lambda p: p.stem + ".decoded.mp4", ()))
+        check_output_folder(plan_outputs(jobs, Path(args.output), lambda j: j.input.stem + ".decoded.mp4", ()))
         handle_existing(jobs, args.force, args.resume)
     model = load_video_model(args, args.model or os.environ.get(MODEL_ENV))
     if model.config.frames.keep_all_for_even_latents:
@@ -250,9 +257,9 @@ def cmd_roundtrip(args: argparse.Namespace) -> int:
         sources: deque[np.ndarray] = deque()  # frames read but not yet decoded (a few: the model's latency)
         stats = {"psnr": [], "ssim": [], "flicker": []}
         prev: list[Any] = [None, None]
-        decoded_all: list[np.ndarray] | None = [] if args.output else None
+        count = [0]
 
-        def compare(frames: torch.Tensor) -> None:
+        def compare(frames: torch.Tensor):
             for f in frames.unbind(2):
                 if not sources:
                     return  # frames made from end padding: no source to compare with
@@ -262,17 +269,21 @@ def cmd_roundtrip(args: argparse.Namespace) -> int:
                 if prev[0] is not None:
                     stats["flicker"].append(flicker(prev[0], src, prev[1], out))
                 prev[:] = [src, out]
-                if decoded_all is not None:
-                    decoded_all.append(out)
+                yield out
 
-        n = 0
-        for a in read_frames(j.input):
-            sources.append(a)
-            n += 1
-            compare(dec.push(enc.push(_to_tensor(a, model))))
-        compare(dec.push(enc.flush()))
-        if decoded_all is not None:  # the decoded video (held: a roundtrip's output is for looking at)
-            write_frames(j.output, iter(decoded_all), fps=info.fps)
+        def decoded():  # frames flow through: read, encode, decode, compare, (write) one at a time
+            for a in read_frames(j.input):
+                sources.append(a)
+                count[0] += 1
+                yield from compare(dec.push(enc.push(_to_tensor(a, model))))
+            yield from compare(dec.push(enc.flush()))
+
+        if args.output:
+            write_frames(j.output, decoded(), fps=info.fps)
+        else:
+            for _ in decoded():
+                pass
+        n = count[0]
         finite = [p for p in stats["psnr"] if math.isfinite(p)]
         j.status = "ok"
         j.info = {"frames": n, "compared": len(stats["psnr"]),
