@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import reference_video as ref
-from test_video import TOL, VARIANTS, models, weights  # noqa: F401 (fixtures)
+from test_video import TOL, VARIANTS
 from tinyae.video.execute import run_parallel
 from tinyae.video.tiling import BandedFrameStream, plan_bands, row_sizes
 
@@ -18,7 +18,7 @@ def _frames(model, t, rows, seed=0):
 
 
 @pytest.mark.parametrize("name", VARIANTS)
-def test_tiled_encode_and_decode_equal_the_reference(name, weights, models):  # noqa: F811
+def test_tiled_encode_and_decode_equal_the_reference(name, weights, models):
     sd, _ = weights[name]
     m, s = models[name], ref.SPECS[name]
     x = _frames(m, 17 if name == "taeh3" else 5, rows=3)
@@ -36,7 +36,7 @@ def test_tiled_encode_and_decode_equal_the_reference(name, weights, models):  # 
         m.disable_tiling()
 
 
-def test_tiled_streaming_classes_and_preview(models):  # noqa: F811
+def test_tiled_streaming_classes_and_preview(models):
     m = models["taew2_1"]
     x = _frames(m, 9, rows=4) * 2 - 1
     with torch.no_grad():
@@ -57,7 +57,7 @@ def test_tiled_streaming_classes_and_preview(models):  # noqa: F811
             m.disable_tiling()
 
 
-def test_band_plan_covers_the_output_once(models):  # noqa: F811
+def test_band_plan_covers_the_output_once(models):
     dec = models["taeltx_2"].decoder
     for rows in (1, 2, 5):
         out_rows = row_sizes(dec, rows)[-1]
@@ -73,7 +73,7 @@ def test_band_plan_covers_the_output_once(models):  # noqa: F811
                                    atol=TOL, rtol=0)
 
 
-def test_tiling_refusals(models):  # noqa: F811
+def test_tiling_refusals(models):
     m = models["taew2_1"]
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="latent_rows must be a positive integer"):

@@ -126,6 +126,12 @@ class AutoencoderTinyVideo(nn.Module):
         out.tile_rows = self.tile_rows
         return out.eval()
 
+    def optimize(self, precision: str = "auto") -> "AutoencoderTinyVideo":
+        """A fast inference copy (fused CPU convolutions, channels-last; tinyae.video.fast.optimize_video)."""
+        from .fast import optimize_video
+
+        return optimize_video(self, precision)
+
     # -- loading and saving
     @classmethod
     def from_pretrained(cls, source: str | os.PathLike, variant: str | VideoVariant | None = None,
