@@ -65,6 +65,21 @@ class FrameStream:
         self._gathered: dict[int, list[torch.Tensor]] = {}
 
     @property
+    def memory_layers(self) -> list[int]:
+        """Indices of the layers that read their own previous input (the temporal state)."""
+        return [i for i, g in enumerate(self.geometries) if g.memory]
+
+    def get_state(self) -> list[torch.Tensor | None]:
+        """Each memory layer's input at the previous frame (None before the first frame), in layer order."""
+        return [self._past.get(i) for i in self.memory_layers]
+
+    def set_state(self, state: list[torch.Tensor | None]) -> None:
+        """Set what `get_state` returns (None: zeros at the next frame); pooling layers must have nothing pending."""
+        if len(state) != len(self.memory_layers) or self.pending:
+            raise ValueError(f"state must be {len(self.memory_layers)} tensors, set between complete groups")
+        self._past = {i: t for i, t in zip(self.memory_layers, state) if t is not None}
+
+    @property
     def pending(self) -> int:
         """Frames held by pooling layers, waiting for their group to complete."""
         return sum(len(v) for v in self._gathered.values())

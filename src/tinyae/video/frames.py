@@ -10,6 +10,7 @@ taeh3 encodes 17-frame chunks independently (3 zero frames before each, its last
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -118,9 +119,10 @@ class EncodeStream:
     Holds O(1) frames whatever the video's length; the latents equal `encode_frames(..., parallel=True)`.
     """
 
-    def __init__(self, cfg: VideoConfig, encoder: nn.Sequential, tile_rows: int | None = None):
+    def __init__(self, cfg: VideoConfig, encoder: nn.Sequential | None, tile_rows: int | None = None,
+                 stream: Any = None):
         self.cfg, self.rule = cfg, cfg.frames
-        self.stream = _stream(encoder, tile_rows)
+        self.stream = stream if stream is not None else _stream(encoder, tile_rows)  # or an ONNX one (video.onnx)
         self._held: deque[torch.Tensor] = deque()  # latents that may still be dropped (taeh3)
         self._last: torch.Tensor | None = None
         self._in_chunk = self._emitted = 0
@@ -173,13 +175,13 @@ class DecodeStream:
     `num_latents` is needed only where the frame rule depends on the count (taecvx).
     """
 
-    def __init__(self, cfg: VideoConfig, decoder: nn.Sequential, num_latents: int | None = None,
-                 tile_rows: int | None = None):
+    def __init__(self, cfg: VideoConfig, decoder: nn.Sequential | None, num_latents: int | None = None,
+                 tile_rows: int | None = None, stream: Any = None):
         if cfg.frames.keep_all_for_even_latents and num_latents is None:
             raise ValueError(f"{cfg.variant or 'this model'}: the first frames are kept or dropped depending on "
                              "whether the latent count is even; pass num_latents to stream it")
         self.cfg = cfg
-        self.stream = _stream(decoder, _decoder_band(cfg, tile_rows))
+        self.stream = stream if stream is not None else _stream(decoder, _decoder_band(cfg, tile_rows))
         self.trim = _trim(cfg, num_latents or 1)
         self._count, self._skip = 0, self.trim
 
