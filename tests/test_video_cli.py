@@ -121,3 +121,25 @@ def test_cli_decode_to_frame_folder_and_streamed_roundtrip_output(tmp_path, mode
     f = json.loads(capsys.readouterr().out)["files"][0]
     assert f["compared"] == 9 and len(list(real_read(tmp_path / "rt" / "in.decoded.mp4"))) == 9
     assert len(written_after) == 9 and written_after[0] < 10  # the first frame is written before the last is read
+
+
+def test_cli_video_precision(tmp_path, model_file, capsys):
+    video = tmp_path / "in.mp4"
+    write_frames(video, iter(_frames(5)), fps=8)
+    m = str(model_file)
+    docs = {}
+    for p in ("exact", "fp32", "bf16"):
+        assert main(["encode", str(video), "-o", str(tmp_path / p), "-m", m, "--precision", p, "--json"]) == 0
+        docs[p] = json.loads(capsys.readouterr().out)
+    assert [docs[p]["precision"] for p in docs] == ["exact", "fp32", "bf16"]
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    z = {p: load_file(str(tmp_path / p / "in.safetensors"))["latents"] for p in docs}
+    with safe_open(str(tmp_path / "bf16" / "in.safetensors"), "pt") as f:
+        assert f.metadata()["precision"] == "bf16"
+    torch.testing.assert_close(z["fp32"], z["exact"], atol=1e-5, rtol=0)
+    assert (z["bf16"] - z["exact"]).abs().max() < 0.05 * z["exact"].abs().max()
+    assert main(["encode", str(video), "-o", str(tmp_path / "x"), "-m", m, "--precision", "bf16",
+                 "--dtype", "float16"]) == 1
+    assert "--dtype float16 sets the dtype of --precision exact" in capsys.readouterr().err

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..cli import MODEL_ENV, CliError, Job, Reporter, check_output_folder, finish, handle_existing, plan_outputs
+from ..cli import (MODEL_ENV, CliError, Job, Reporter, _optimized, check_output_folder, finish, handle_existing,
+                   plan_outputs)
 from ..images import psnr, ssim
 from ..weights import WeightsError, atomic_write
 from .io import VIDEO_SUFFIXES, VideoError, frame_files, is_video_path, probe, read_frames, write_frames
@@ -104,9 +105,19 @@ def load_video_model(args: argparse.Namespace, spec: str | None) -> Any:
         raise CliError(f"--model {spec}: {e}") from None
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else \
         ("cpu" if args.device == "auto" else args.device)
+    precision = getattr(args, "precision", "exact")
+    if precision != "exact" and args.dtype != "auto":
+        raise CliError(f"--dtype {args.dtype} sets the dtype of --precision exact; with --precision {precision} "
+                       "the precision chooses it (use --precision fp32, bf16 or fp16)")
     dtype = {"auto": torch.float32, "float32": torch.float32, "float16": torch.float16,
              "bfloat16": torch.bfloat16}[args.dtype]
-    return model.to(device, dtype)
+    model, used = _optimized(model.to(device, dtype), precision)  # --precision auto: optimize() where it runs
+    model.__dict__["cli_precision"] = used
+    return model
+
+
+def _summary(args: argparse.Namespace, model: Any) -> dict[str, Any]:
+    return {"model": args.model, "variant": model.config.variant, "precision": model.__dict__["cli_precision"]}
 
 
 def collect_videos(paths: list[str]) -> list[Job]:
@@ -180,6 +191,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
             n += 1
         z = torch.cat(parts + [enc.flush().cpu()], 2).float().contiguous()
         meta = {"kind": "video", "variant": str(model.config.variant), "fps": str(info.fps), "frames": str(n),
+                "precision": model.__dict__["cli_precision"],
                 "width": str(info.width), "height": str(info.height)}
         atomic_write(j.output, lambda tmp: save_file({"latents": z}, tmp, metadata=meta))
         j.status, j.info = "ok", {"frames": n, "latent_shape": list(z.shape), "bytes": j.output.stat().st_size}
@@ -187,7 +199,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
                  f"{'x'.join(map(str, z.shape))})")
 
     _run(rep, jobs, work)
-    return finish(rep, "encode", jobs, started, {"model": args.model, "variant": model.config.variant})
+    return finish(rep, "encode", jobs, started, _summary(args, model))
 
 
 def _read_latents(path: Path) -> tuple[torch.Tensor, dict[str, str]]:
@@ -228,7 +240,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
         rep.line(f"{j.input} -> {j.output}  ({z.shape[2]} latents -> {n} frames)")
 
     _run(rep, jobs, work)
-    return finish(rep, "decode", jobs, started, {"model": args.model, "variant": model.config.variant})
+    return finish(rep, "decode", jobs, started, _summary(args, model))
 
 
 def flicker(prev_src: np.ndarray, src: np.ndarray, prev_out: np.ndarray, out: np.ndarray) -> float:
@@ -297,7 +309,7 @@ def cmd_roundtrip(args: argparse.Namespace) -> int:
                  f"(min {j.info['psnr_min']})  SSIM {j.info['ssim_mean']}  flicker {j.info['flicker']}")
 
     _run(rep, jobs, work)
-    return finish(rep, "roundtrip", jobs, started, {"model": args.model, "variant": model.config.variant})
+    return finish(rep, "roundtrip", jobs, started, _summary(args, model))
 
 
 def cmd_info(args: argparse.Namespace) -> int:
