@@ -78,7 +78,7 @@ def test_pipeline_built_with_the_pipeline_vae_directly():
 
 
 @pytest.mark.parametrize("pipeline,model,match", [
-    ("hunyuanvideo", "taew2_1", "taew2_1 is for wan2.1 latents, but HunyuanVideoPipeline denoises hunyuanvideo .*taehv"),
+    ("hunyuanvideo", "taew2_1", "taew2_1 is for wan2.1 latents, but HunyuanVideoPipeline denoises .*taehv"),
     ("wan", "taehv", "taehv is for hunyuanvideo latents, but WanPipeline .*taew2_1"),
     ("ltx2", "taew2_1", "16 latent channels but LTX2Pipeline needs 128 .*taeltx_2"),
     ("cogvideox", "taehv1_5", "32 latent channels but CogVideoXPipeline needs 16 .*taecvx"),
