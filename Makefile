@@ -22,7 +22,7 @@ test: setup
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 bench: setup
-	$(BIN)/python -m tinyae.cli bench
+	$(BIN)/python benchmarks/bench.py
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache .hypothesis

@@ -19,9 +19,17 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 MODEL=()
 [ -f ../shared/weights/taef2_decoder.pth ] || MODEL=(--random taef2)
 for batch in 1 8; do
-  "$PY" -m tinyae.bench --device cuda ${MODEL[@]+"${MODEL[@]}"} --sizes 1024 --batch "$batch" --repeats 20 --warmup 5 \
+  "$PY" benchmarks/bench.py --device cuda ${MODEL[@]+"${MODEL[@]}"} --sizes 1024 --batch "$batch" --repeats 20 --warmup 5 \
     --json "$OUT/gpu_1024_b$batch.json" --markdown "$OUT/gpu_1024_b$batch.md"
 done
-"$PY" -m tinyae.bench --device cuda ${MODEL[@]+"${MODEL[@]}"} --sizes 512 --batch 1 --repeats 20 --warmup 5 \
+"$PY" benchmarks/bench.py --device cuda ${MODEL[@]+"${MODEL[@]}"} --sizes 512 --batch 1 --repeats 20 --warmup 5 \
   --json "$OUT/gpu_512_b1.json" --markdown "$OUT/gpu_512_b1.md"
 echo "wrote $OUT/gpu_*.md"
+# Training (docs/training.md), opt-in because it takes as long as its budgets: TRAIN_MINUTES="10 30 60" runs
+# "recover a decoder" and "distil an encoder" on CUDA at batch 32 with the 96 -> 256 px crop schedule.
+if [ -n "${TRAIN_MINUTES:-}" ]; then
+  # shellcheck disable=SC2086
+  "$PY" benchmarks/train.py --device cuda --minutes $TRAIN_MINUTES --batch-size 32 \
+    --crop-schedule 96:0,256:4000 --out "$OUT/train"
+  echo "wrote $OUT/train/results.md"
+fi

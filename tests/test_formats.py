@@ -73,8 +73,8 @@ def test_every_variant_config_builds_and_reloads(name, tmp_path):
     torch.manual_seed(0)
     model = AutoencoderTiny(**variant_config(name)).eval()
     f = model.spatial_scale_factor
-    assert f == (32 if name == "taesana" else 8)
-    x = torch.rand(1, 3, 2 * f, 3 * f) * 2 - 1
+    assert f == {"taesana": 32, "taeqi2_1": 16}.get(name, 8)
+    x = torch.rand(1, model.config.image_channels, 2 * f, 3 * f) * 2 - 1
     with torch.no_grad():
         z = model.encode(x).latents
         assert z.shape == (1, model.config.latent_channels, 2, 3)

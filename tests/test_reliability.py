@@ -47,7 +47,8 @@ def test_d1_batched_latent_file_decodes_each_latent_to_its_own_name(tmp_path, mo
     save_latents(lat / "a.safetensors", za)
     save_latents(lat / "b.safetensors", zb)
     out = tmp_path / "out"
-    assert cli.main(["decode", str(lat), "-o", str(out), "--model", str(model_dir)]) == 0
+    # --precision exact: byte-equal to decode_latents on the eager model (the default, auto, may round otherwise)
+    assert cli.main(["decode", str(lat), "-o", str(out), "--model", str(model_dir), "--precision", "exact"]) == 0
     assert "3 done, 0 failed" in capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir()) == ["a_0.png", "a_1.png", "b.png"]
     expect = decode_latents(model, [za[0], za[1], zb])

@@ -32,15 +32,7 @@ import torch.nn.functional as F
 
 from .model import AutoencoderTiny
 
-DEFAULT_SOURCE = ("taef2_encoder.pth", "taef2_decoder.pth")  # looked for in ../shared/weights or $TINYAE_WEIGHTS
-
-
-def _default_model_source() -> tuple[str, str] | str:
-    for root in (os.environ.get("TINYAE_WEIGHTS"), Path.cwd().parent / "shared" / "weights",
-                 Path(__file__).resolve().parents[3] / "shared" / "weights"):
-        if root and all((Path(root) / f).is_file() for f in DEFAULT_SOURCE):
-            return tuple(str(Path(root) / f) for f in DEFAULT_SOURCE)  # type: ignore[return-value]
-    return "taef2"
+DEFAULT_SOURCE = "taef2"  # the hub variant; benchmarks/bench.py passes the real weights in ../shared instead
 
 
 def conv_flops(model: nn.Module, run: Callable[[], Any]) -> int:
@@ -115,8 +107,9 @@ def best_conv_size(dtype: torch.dtype, device: torch.device, repeats: int) -> tu
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     """PSNR in dB of images in [-1, 1] (clamped); inf when equal."""
-    mse = ((a.float().clamp(-1, 1) - b.float().clamp(-1, 1)) / 2).double().pow(2).mean()
-    return float("inf") if mse == 0 else float(10 * torch.log10(1 / mse))
+    from .images import tensor_psnr
+
+    return tensor_psnr(a, b)
 
 
 def machine_info() -> dict[str, Any]:
@@ -173,16 +166,14 @@ def _to_diffusers(model: AutoencoderTiny) -> nn.Module:
     return theirs.eval()
 
 
-def _photo(size: int, channels: int = 3) -> torch.Tensor:
-    """A real photo (../shared/images/astronaut.png) resized to size x size in [-1, 1], else a smooth pattern."""
-    for root in (Path.cwd().parent / "shared" / "images", Path(__file__).resolve().parents[3] / "shared" / "images"):
-        p = root / "astronaut.png"
-        if p.is_file() and channels == 3:
-            import numpy as np
-            from PIL import Image
+def _photo(size: int, channels: int = 3, image: str | os.PathLike | None = None) -> torch.Tensor:
+    """`image` (a photo file) resized to size x size in [-1, 1]; without one, a smooth pattern."""
+    if image is not None and channels == 3:
+        import numpy as np
+        from PIL import Image
 
-            rgb = np.asarray(Image.open(p).convert("RGB").resize((size, size), Image.BICUBIC), dtype=np.float32)
-            return torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None] / 127.5 - 1
+        rgb = np.asarray(Image.open(image).convert("RGB").resize((size, size), Image.BICUBIC), dtype=np.float32)
+        return torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None] / 127.5 - 1
     gen = torch.Generator().manual_seed(0)
     small = torch.rand(1, channels, size // 16, size // 16, generator=gen)
     return F.interpolate(small, size=(size, size), mode="bilinear", align_corners=True) * 2 - 1
@@ -196,7 +187,7 @@ def _has(module: str) -> bool:
 
 def run_bench(model: AutoencoderTiny, sizes: Sequence[int], repeats: int, warmup: int, device: str = "cpu",
               contestants: Sequence[str] | None = None, batch: int = 1, log: Callable[[str], None] = print,
-              cold: bool = False) -> dict[str, Any]:
+              cold: bool = False, image: str | os.PathLike | None = None) -> dict[str, Any]:
     """Time every contestant; returns a JSON-serialisable dict (see `format_markdown`).
 
     Round robin: every round times each contestant's encode and decode once, so load changes hit all alike. Each
@@ -247,7 +238,7 @@ def run_bench(model: AutoencoderTiny, sizes: Sequence[int], repeats: int, warmup
             f"{probe_size[name]}², alone)")
     f = net.spatial_scale_factor
     for size in sizes:
-        images = _photo(size).repeat(batch, 1, 1, 1).to(dev, io_dtype)
+        images = _photo(size, image=image).repeat(batch, 1, 1, 1).to(dev, io_dtype)
         with torch.inference_mode():  # the reference: tinyae eager float32
             latents = net.encode(images.float()).latents.to(io_dtype)
             ref_images = net.decode(latents.float()).sample
@@ -372,7 +363,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`tinyae bench [--model SOURCE..] [--sizes 512 1024] [--repeats N] [--warmup N] [--quick] [--json PATH]`."""
     parser = argparse.ArgumentParser(prog="tinyae bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", nargs="+", metavar="SOURCE",
-                        help="variant, folder or file(s); default: ../shared/weights taef2 pair, else 'taef2'")
+                        help=f"variant, folder or file(s) (default {DEFAULT_SOURCE!r})")
+    parser.add_argument("--image", metavar="PHOTO", help="the test image (resized); default: a smooth pattern")
     parser.add_argument("--random", metavar="VARIANT",
                         help="random weights with a variant's architecture (speed does not depend on the weights)")
     parser.add_argument("--sizes", nargs="+", type=int, default=[512, 1024], help="image sizes in pixels")
@@ -401,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if args.device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True  # the same for every contestant
-    source: Any = _default_model_source() if not args.model else (
+    source: Any = DEFAULT_SOURCE if not args.model else (
         args.model[0] if len(args.model) == 1 else tuple(args.model))
     try:
         if args.random:
@@ -414,7 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f = model.spatial_scale_factor
         sizes = [s // f * f for s in args.sizes]
         results = run_bench(model, sizes, args.repeats, args.warmup, args.device, args.only, args.batch,
-                            cold=args.cold)
+                            cold=args.cold, image=args.image)
     except (ValueError, ImportError, KeyError) as e:
         print(f"tinyae bench: error: {e}", file=sys.stderr)
         return 2

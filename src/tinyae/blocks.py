@@ -1,5 +1,8 @@
 """The network, as small as the original one-file script: conv, Clamp, Block, Encoder, Decoder.
 
+The F16 networks (taeqi2_1, `patch_size` 2) open the encoder with PixelUnshuffle(2), conv, ReLU and close the
+decoder with a conv to 4 * image_channels and PixelShuffle(2); image_channels is 3 (RGB) or 4 (RGBA).
+
 Encoder and decoder keep diffusers' layout (`encoder.layers.N`, `decoder.layers.N`, the Clamp outside `layers`) and
 the original [0, 1] image convention: Encoder maps images in [0, 1] to raw latents, Decoder maps raw latents to
 images in (about) [0, 1]. The [-1, 1] convention of diffusers is applied by `AutoencoderTiny`.
@@ -73,13 +76,16 @@ class Encoder(nn.Module):
         super().__init__()
         ch, nb, act = cfg.encoder_block_out_channels, cfg.num_encoder_blocks, cfg.act_fn
         layers: list[nn.Module] = []
-        n_in = cfg.in_channels
+        n_in, patch = cfg.in_channels, cfg.patch_size
+        if patch > 1:  # F16: 2x2 patches to channels
+            layers.append(nn.PixelUnshuffle(patch))
+            n_in *= patch * patch
         for n in cfg.encoder_stem_channels:  # taesana: stride-2 stem instead of the first conv
             layers += [conv(n_in, n, stride=2), nn.ReLU()]
             n_in = n
         for i, (n, blocks) in enumerate(zip(ch, nb)):
             if i == 0 and not cfg.encoder_stem_channels:
-                layers.append(conv(n_in, n))
+                layers += [conv(n_in, n), nn.ReLU()] if patch > 1 else [conv(n_in, n)]
             elif i > 0:
                 layers.append(conv(n_in, n, stride=2, bias=False))
             lowest = i == len(ch) - 1 and cfg.use_midblock_gn
@@ -106,7 +112,9 @@ class Decoder(nn.Module):
             layers += [Block(n, n, act, use_midblock_gn=lowest) for _ in range(blocks)]
             if not last:
                 layers.append(nn.Upsample(scale_factor=cfg.upsampling_scaling_factor, mode=cfg.upsample_fn))
-            layers.append(conv(n, cfg.out_channels if last else ch[i + 1], bias=last))
+            layers.append(conv(n, cfg.out_channels * cfg.patch_size ** 2 if last else ch[i + 1], bias=last))
+        if cfg.patch_size > 1:  # F16: channels back to 2x2 patches
+            layers.append(nn.PixelShuffle(cfg.patch_size))
         self.layers = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,8 @@ from typing import Any, Callable, Sequence
 DEFAULT_MODEL = "taef2"
 MODEL_ENV = "TINYAE_MODEL"
 FORWARDED = {"bench": ("tinyae.bench", "main"), "export-onnx": ("tinyae.runtime", "export_onnx_main"),
-             "encode-dataset": ("tinyae.dataset.cli", "main"), "decode-dataset": ("tinyae.dataset.cli", "decode_main")}
+             "encode-dataset": ("tinyae.dataset.cli", "main"), "decode-dataset": ("tinyae.dataset.cli", "decode_main"),
+             "train": ("tinyae.train.cli", "main"), "eval": ("tinyae.train.evaluate", "main")}
 LATENT_FORMATS = {"safetensors": ".safetensors", "png": ".latent.png"}
 IMAGE_FORMATS = {"png": ".png", "jpg": ".jpg", "webp": ".webp"}
 PIL_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".webp": "WEBP"}
@@ -1125,6 +1126,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("export-onnx", help="export to ONNX (tinyae export-onnx --help)", add_help=False)
     sub.add_parser("encode-dataset", help="image collection -> latent shards (resumable; --help)", add_help=False)
     sub.add_parser("decode-dataset", help="latent shards -> images, for spot checks (--help)", add_help=False)
+    sub.add_parser("train", help="distil a TAE from a teacher VAE (tinyae train --help)", add_help=False)
+    sub.add_parser("eval", help="PSNR/SSIM of a TAE on a folder (tinyae eval --help)", add_help=False)
     return p
 
 

@@ -35,6 +35,9 @@ EXTRA_DEFAULTS: dict[str, Any] = {
     "use_midblock_gn": False,
     # Stride-2 conv + ReLU layers that replace the encoder's first conv (taesana: (32, 64) -> 32x downscale).
     "encoder_stem_channels": (),
+    # F16 (taeqi2_1): PixelUnshuffle(patch_size), conv, ReLU open the encoder; the decoder's last conv makes
+    # image_channels * patch_size**2 channels, then PixelShuffle(patch_size). 1 = no patchify (every other variant).
+    "patch_size": 1,
 }
 DEFAULTS: dict[str, Any] = {**DIFFUSERS_DEFAULTS, **EXTRA_DEFAULTS}
 # Values no weight tensor can confirm (activations and upsampling have no weights; the rest are scalars):
@@ -42,6 +45,7 @@ DEFAULTS: dict[str, Any] = {**DIFFUSERS_DEFAULTS, **EXTRA_DEFAULTS}
 UNCHECKED_BY_TENSORS = ("act_fn", "upsample_fn", "upsampling_scaling_factor", "latent_magnitude", "latent_shift",
                         "force_upcast", "scaling_factor", "shift_factor")
 
+IMAGE_CHANNELS = (3, 4)  # RGB, RGBA (straight alpha)
 ACTIVATIONS = ("relu", "silu", "swish", "mish", "gelu")
 UPSAMPLE_MODES = ("nearest", "nearest-exact", "bilinear", "bicubic")
 _TUPLES = ("encoder_block_out_channels", "decoder_block_out_channels", "num_encoder_blocks",
@@ -78,6 +82,17 @@ def validate(params: dict[str, Any]) -> dict[str, Any]:
         raise ValueError("decoder_block_out_channels should have the same length as num_decoder_blocks")
     if p["encoder_stem_channels"] and p["encoder_stem_channels"][-1] != p["encoder_block_out_channels"][0]:
         raise ValueError("encoder_stem_channels must end with encoder_block_out_channels[0]")
+    for name in ("in_channels", "out_channels"):
+        if p[name] not in IMAGE_CHANNELS:
+            raise ValueError(f"{name} (image channels) must be 3 (RGB) or 4 (RGBA, straight alpha), got {p[name]!r}")
+    if p["in_channels"] != p["out_channels"]:
+        raise ValueError(f"in_channels and out_channels (the image channels) must agree, got {p['in_channels']} "
+                         f"and {p['out_channels']}")
+    v = p["patch_size"]
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"patch_size must be a positive integer, got {v!r}")
+    if v > 1 and p["encoder_stem_channels"]:
+        raise ValueError("patch_size > 1 (F16 patchify) and encoder_stem_channels (F32 stem) exclude each other")
     if p["act_fn"] not in ACTIVATIONS:
         raise ValueError(f"act_fn must be one of {ACTIVATIONS}, got {p['act_fn']!r}")
     if p["upsample_fn"] not in UPSAMPLE_MODES:
@@ -141,15 +156,19 @@ class TinyConfig(Mapping):
     @property
     def diffusers_compatible(self) -> bool:
         """True when diffusers' AutoencoderTiny can express this architecture (and so load what we save)."""
-        return (not self["use_midblock_gn"] and not self["encoder_stem_channels"]
+        return (not self["use_midblock_gn"] and not self["encoder_stem_channels"] and self["patch_size"] == 1
                 and len(set(self["encoder_block_out_channels"])) == 1
                 and len(set(self["decoder_block_out_channels"])) == 1)
 
     @property
     def spatial_scale_factor(self) -> int:
-        """Image pixels per latent pixel along one side (8 for taesd..taef2, 32 for taesana)."""
-        enc = 2 ** (len(self["num_encoder_blocks"]) - 1 + len(self["encoder_stem_channels"]))
-        return enc
+        """Image pixels per latent pixel along one side (8 for taesd..taef2, 16 for taeqi2_1, 32 for taesana)."""
+        return 2 ** (len(self["num_encoder_blocks"]) - 1 + len(self["encoder_stem_channels"])) * self["patch_size"]
+
+    @property
+    def image_channels(self) -> int:
+        """3 (RGB) or 4 (RGBA, straight alpha): in_channels = out_channels."""
+        return self["in_channels"]
 
     def init_kwargs(self) -> dict[str, Any]:
         """The constructor parameters (no derived fields)."""

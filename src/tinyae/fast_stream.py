@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 import torch.nn as nn
 
+from . import tiling
 from .layers import Geometry, geometry
 from .runtime import FastBlock, FastNet, FastStem
 
@@ -188,29 +189,8 @@ def _channels(op: nn.Module) -> int:
     return w.shape[0] if w is not None else 64
 
 
-def _run(chain: _Chain, bands: Iterable[torch.Tensor], fraction: float) -> Iterator[torch.Tensor]:
-    chain.set_cap(fraction)
-    for band in bands:
-        out = chain.push(band, False)
-        if out is not None:
-            yield out
-    while not chain.done:
-        out = chain.push(None, True)
-        if out is not None:
-            yield out
-
-
 def _collect(bands: Iterable[torch.Tensor], rows: int) -> torch.Tensor:
-    out, at = None, 0
-    for band in bands:
-        if out is None:
-            out = torch.empty((band.shape[0], band.shape[1], rows, band.shape[3]), dtype=band.dtype, device=band.device,
-                              memory_format=_CL)
-        out[:, :, at: at + band.shape[2]] = band
-        at += band.shape[2]
-    if out is None or at != rows:  # a bug, never a user error
-        raise RuntimeError(f"internal error: streamed run produced {at} rows, expected {rows}")
-    return out
+    return tiling._collect(bands, rows, _CL)
 
 
 def _gn_stats(ops: list[nn.Module], x: torch.Tensor, rows: int) -> Stats:
@@ -225,7 +205,7 @@ def _gn_stats(ops: list[nn.Module], x: torch.Tensor, rows: int) -> Stats:
         s2 = torch.zeros_like(s1)
         count = 0
         chain = _Chain(ops[:j], x.shape[2], stats, x.shape[3])
-        for band in _run(chain, x.split(rows, dim=2), rows / x.shape[2]):
+        for band in tiling._run(chain, x.split(rows, dim=2), rows / x.shape[2]):
             h = op.pool_in(band.contiguous(memory_format=_CL)).double()
             s1 += h.sum((2, 3))
             s2 += h.square().sum((2, 3))
@@ -249,14 +229,14 @@ def stream_apply(net: FastNet, bands: Iterable[torch.Tensor], height: int, width
         head = _Chain(ops[:cut], height, {}, width)
         prepared = (prepare(b) for b in bands)
         if cut == len(ops):
-            yield from _run(head, prepared, fraction)
+            yield from tiling._run(head, prepared, fraction)
             return
-        mid = _collect(_run(head, prepared, fraction), head.n_out) if cut else \
+        mid = _collect(tiling._run(head, prepared, fraction), head.n_out) if cut else \
             _collect(prepared, height).contiguous(memory_format=_CL)
         rows = max(1, math.ceil(fraction * mid.shape[2]))
         stats = _gn_stats(ops[cut:], mid, rows)
         tail = _Chain(ops[cut:], mid.shape[2], stats, mid.shape[3])
-        yield from _run(tail, mid.split(rows, dim=2), rows / mid.shape[2])
+        yield from tiling._run(tail, mid.split(rows, dim=2), rows / mid.shape[2])
 
 
 def tiled_apply(net: FastNet, x: torch.Tensor, band_rows: int) -> torch.Tensor:

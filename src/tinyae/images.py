@@ -8,7 +8,8 @@ What happens to each kind of image (documented in docs/cli.md):
 - sizes that are not multiples of the model's scale factor (8; 32 for taesana) are padded by reflection on the
   bottom and right, and the decoded image is cropped back to the source size;
 - grayscale is encoded as gray RGB and decoded back to grayscale (luma, ITU-R 601-2 as Pillow's "L");
-- alpha (RGBA, LA, palette transparency) is kept aside, untouched by the model, and put back on decode;
+- alpha (RGBA, LA, palette transparency) is kept aside, untouched by the model, and put back on decode; RGBA
+  models (4 image channels, taeqi2_1) encode and decode it instead (straight alpha; sources without alpha: 1);
 - 16-bit images (Pillow mode "I;16"/"I", and 16-bit RGB/RGBA PNGs, which Pillow reduces to 8 bits and pypng
   reads) are read at full precision; decoded images are 8-bit;
 - the EXIF orientation of a file is applied when it is read (`read_image`).
@@ -262,7 +263,8 @@ def encode_images(model: Any, images: Any, *, batch_size: int = 8) -> list[Encod
     items = _as_list(images)
     sources = [to_source(im, f"image {i}") for i, im in enumerate(items)]
     f, device = scale_factor_of(model), _device_of(model)
-    padded = [pad_to_multiple(s.rgb, f) for s in sources]
+    rgba = _image_channels(model, "in_channels") == 4  # RGBA models encode alpha (RGB sources: alpha 1)
+    padded = [pad_to_multiple(_with_alpha(s) if rgba else s.rgb, f) for s in sources]
     out: list[EncodedImage | None] = [None] * len(sources)
     with torch.inference_mode():
         for idx in _batches([p.shape for p in padded], batch_size):
@@ -270,8 +272,23 @@ def encode_images(model: Any, images: Any, *, batch_size: int = 8) -> list[Encod
             z = model.encode(x * 2 - 1).latents.float().cpu()
             for j, i in enumerate(idx):
                 s = sources[i]
-                out[i] = EncodedImage(z[j].clone(), s.size, s.alpha, s.grayscale)
+                out[i] = EncodedImage(z[j].clone(), s.size, None if rgba else s.alpha, s.grayscale)
     return out  # type: ignore[return-value]
+
+
+def _image_channels(model: Any, side: str) -> int:
+    """3 (RGB) or 4 (RGBA: taeqi2_1) image channels of a model or backend (3 when it does not say)."""
+    config = getattr(model, "config", None)
+    try:
+        return int(config[side]) if config is not None and side in config else 3
+    except (TypeError, KeyError):
+        return 3
+
+
+def _with_alpha(s: SourceImage) -> np.ndarray:
+    """(H, W, 4) float32 in [0, 1]: the source's straight alpha, or 1 for sources without one."""
+    alpha = np.ones(s.rgb.shape[:2], np.float32) if s.alpha is None else s.alpha.astype(np.float32) / 255
+    return np.concatenate([s.rgb, alpha[..., None]], axis=2)
 
 
 def _as_encoded(item: Any, what: str) -> list[EncodedImage]:
@@ -332,10 +349,13 @@ def _finish(rgb: np.ndarray, e: EncodedImage, f: int, output: str) -> Any:
     if w > rgb.shape[1] or h > rgb.shape[0] or w <= rgb.shape[1] - f or h <= rgb.shape[0] - f:
         raise ValueError(f"recorded source size {w}x{h} does not fit latents of {e.latents.shape[-1]}x"
                          f"{e.latents.shape[-2]} (scale factor {f})")
-    im = Image.fromarray(np.ascontiguousarray(rgb[:h, :w]), "RGB")
+    model_alpha = rgb[:h, :w, 3] if rgb.shape[2] == 4 else None  # an RGBA model decodes alpha itself
+    im = Image.fromarray(np.ascontiguousarray(rgb[:h, :w, :3]), "RGB")
     if e.grayscale:
         im = im.convert("L")
-    if e.alpha is not None:
+    if model_alpha is not None:
+        im.putalpha(Image.fromarray(np.ascontiguousarray(model_alpha), "L"))
+    elif e.alpha is not None:
         if e.alpha.shape != (h, w):
             raise ValueError(f"alpha of shape {e.alpha.shape} does not fit the image {w}x{h}")
         im.putalpha(Image.fromarray(np.ascontiguousarray(e.alpha), "L"))
@@ -351,7 +371,17 @@ def psnr(a: Any, b: Any) -> float:
     x, y = _metric_array(a), _metric_array(b)
     if x.shape != y.shape:
         raise ValueError(f"images differ in size: {x.shape} vs {y.shape}")
-    mse = float(np.mean((x - y) ** 2))
+    return _psnr(float(np.mean((x - y) ** 2)))
+
+
+def tensor_psnr(a: torch.Tensor, b: torch.Tensor, low: float = -1.0, high: float = 1.0) -> float:
+    """PSNR in dB of two tensors whose values range over [low, high] (clamped; images in [-1, 1] by default)."""
+    mse = ((a.double().clamp(low, high) - b.double().clamp(low, high)) / (high - low)).pow(2).mean()
+    return _psnr(float(mse))
+
+
+def _psnr(mse: float) -> float:
+    """PSNR in dB of a mean squared error of values in [0, 1] (inf when 0)."""
     return float("inf") if mse == 0 else float(10 * np.log10(1 / mse))
 
 

@@ -1,4 +1,5 @@
-"""Latent conventions: 8-bit scaling for storage; conversions between a full VAE's latents and a TAE's; FLUX packing."""
+"""Latent conventions: 8-bit scaling for storage; conversions between a full VAE's latents and a TAE's; FLUX and
+Qwen-Image 2.1 token packing."""
 
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ def unscale_latents(x: torch.Tensor, magnitude: float = LATENT_MAGNITUDE, shift:
 # Every TAE consumes the latents its diffusion model works on (what the UNet/transformer sees, unpacked):
 #   SD1/2, SDXL, SD3, FLUX.1, Sana:  tae = (vae - shift_factor) * scaling_factor
 #   FLUX.2:                          tae = unpatchify((patchify(vae) - bn_mean) / sqrt(bn_var + bn_eps))
+#   Qwen-Image 2.1:                  tae = (vae - latents_mean) / latents_std  (per channel; the pipeline's 5-D
+#                                    (B, C, 1, h, w) latents with the time axis dropped)
 # i.e. madebyollin's TAEs are trained on the *scaled* diffusion latents (ComfyUI applies vae_scale/vae_shift around
 # them; diffusers' taesd/taesd3/taef1 configs carry scaling_factor 1.0, shift_factor 0.0). See docs/diffusers.md.
 # ---------------------------------------------------------------------------------------------------------------
@@ -84,7 +87,8 @@ def from_vae_latents(z: torch.Tensor, family: "str | Family", *, bn_mean: torch.
                      bn_var: torch.Tensor | None = None, bn_eps: float = FLUX2_BN_EPS) -> torch.Tensor:
     """A full VAE's raw latents (what `AutoencoderKL.encode(...).latent_dist` gives) -> the TAE's latents.
 
-    `z`: (B, C, h, w), C the family's latent channels (4, 16 or 32). For "flux2", `bn_mean`/`bn_var` (128 values
+    `z`: (B, C, h, w), C the family's latent channels (4, 16, 32 or 64). For "qwenimage21" the per-channel
+    latents_mean / latents_std of AutoencoderKLQwenImage21 apply (drop the time axis of its 5-D latents). For "flux2", `bn_mean`/`bn_var` (128 values
     each) and `bn_eps` are the AutoencoderKLFlux2's `bn.running_mean`, `bn.running_var`, `config.batch_norm_eps`,
     and h, w must be even. The result has the same shape; its values are about unit-variance.
     """
@@ -93,6 +97,9 @@ def from_vae_latents(z: torch.Tensor, family: "str | Family", *, bn_mean: torch.
     if fam.packing == "flux2":
         mean, var = _bn_stats(bn_mean, bn_var, z)
         return unpatchify_flux2((patchify_flux2(z) - mean) / torch.sqrt(var + bn_eps))
+    if fam.latents_mean:
+        mean, std = _channel_stats(fam, z)
+        return (z - mean) / std
     return (z - fam.shift_factor) * fam.scaling_factor
 
 
@@ -104,7 +111,35 @@ def to_vae_latents(z: torch.Tensor, family: "str | Family", *, bn_mean: torch.Te
     if fam.packing == "flux2":
         mean, var = _bn_stats(bn_mean, bn_var, z)
         return unpatchify_flux2(patchify_flux2(z) * torch.sqrt(var + bn_eps) + mean)
+    if fam.latents_mean:
+        mean, std = _channel_stats(fam, z)
+        return z * std + mean
     return z / fam.scaling_factor + fam.shift_factor
+
+
+def _channel_stats(fam: "Family", z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def view(values: tuple[float, ...]) -> torch.Tensor:
+        return torch.tensor(values, dtype=z.dtype, device=z.device).view(1, -1, 1, 1)
+    return view(fam.latents_mean), view(fam.latents_std)
+
+
+# ---------------------------------------------------------------------------------------------- token packing
+def pack_tokens(z: torch.Tensor) -> torch.Tensor:
+    """Qwen-Image 2.1: (B, C, h, w) -> tokens (B, h * w, C), one token per latent pixel, row-major (unpatched)."""
+    if not isinstance(z, torch.Tensor) or z.dim() != 4:
+        raise ValueError(f"latents must be a 4-D tensor (batch, channels, height, width), got "
+                         f"{tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__}")
+    return z.flatten(2).transpose(1, 2)
+
+
+def unpack_tokens(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Qwen-Image 2.1 tokens (B, h * w, C) -> latents (B, C, h, w); h, w are the latent sizes."""
+    if not isinstance(tokens, torch.Tensor) or tokens.dim() != 3:
+        raise ValueError(f"tokens must be a 3-D tensor (batch, tokens, channels), got "
+                         f"{tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__}")
+    if height * width != tokens.shape[1]:
+        raise ValueError(f"{tokens.shape[1]} tokens do not fit latents of {height}x{width}")
+    return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], height, width)
 
 
 # ---------------------------------------------------------------------------------------------- FLUX packing

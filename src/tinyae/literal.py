@@ -41,6 +41,10 @@ def render_layer(layer: nn.Module) -> str:
         return f"nn.Upsample(scale_factor={int(sf if not isinstance(sf, tuple) else sf[0])}{mode})"
     if isinstance(layer, Clamp):
         return "Clamp()"
+    if isinstance(layer, nn.PixelShuffle):
+        return f"nn.PixelShuffle({layer.upscale_factor})"
+    if isinstance(layer, nn.PixelUnshuffle):
+        return f"nn.PixelUnshuffle({layer.downscale_factor})"
     return f"nn.{type(layer).__name__}()"
 
 

@@ -73,7 +73,8 @@ class AutoencoderTiny(nn.Module):
     model's dtype, and outputs are returned in the input's dtype.
 
     Parameters after `shift_factor` are tinyae's own (see `tinyae.config`): `use_midblock_gn` (taef2) and
-    `encoder_stem_channels` (taesana's 32x encoder).
+    `encoder_stem_channels` (taesana's 32x encoder), `patch_size` (2: taeqi2_1's F16 networks). in_channels =
+    out_channels are the image channels: 3 (RGB) or 4 (RGBA, straight alpha; taeqi2_1).
     """
 
     _supports_gradient_checkpointing = True
@@ -98,6 +99,7 @@ class AutoencoderTiny(nn.Module):
         shift_factor: float = 0.0,
         use_midblock_gn: bool = False,
         encoder_stem_channels: tuple[int, ...] = (),
+        patch_size: int = 1,
         *,
         has_encoder: bool = True,
         has_decoder: bool = True,
@@ -132,7 +134,7 @@ class AutoencoderTiny(nn.Module):
 
     @property
     def spatial_scale_factor(self) -> int:
-        """Image pixels per latent pixel along one side: 8, or 32 for taesana."""
+        """Image pixels per latent pixel along one side: 8, 16 for taeqi2_1, 32 for taesana."""
         return self._config.spatial_scale_factor
 
     @property
@@ -210,6 +212,10 @@ class AutoencoderTiny(nn.Module):
         if not any_size and multiple > 1 and (x.shape[2] % multiple or x.shape[3] % multiple):
             raise ValueError(f"image height and width must be multiples of {multiple}, got {x.shape[2]}x"
                              f"{x.shape[3]}; pad the image (tinyae.encode_images pads by reflection and crops back)")
+        patch = self.config.patch_size if what == "images" and multiple > 1 else 1  # F16: whole 2x2 patches
+        if any_size and patch > 1 and (x.shape[2] % patch or x.shape[3] % patch):
+            raise ValueError(f"image height and width must be multiples of {patch} (the F16 encoder's 2x2 "
+                             f"patches), got {x.shape[2]}x{x.shape[3]}; tinyae.encode_images pads by reflection")
         if x.device != self.device:
             raise ValueError(f"{what} are on {x.device} but the model is on {self.device}")
         return self._finite(x, what) if finite else x

@@ -432,8 +432,9 @@ class FastNet(nn.Module):
                 relu = isinstance(after, nn.ReLU)
                 ops.append(FastUpsampleConv(nxt, relu, dtype, fused))
                 i += 1 + relu
-            elif isinstance(layer, (nn.Upsample, nn.ReLU, nn.SiLU, nn.GELU, nn.Mish, Clamp, nn.Identity)):
-                ops.append(layer)  # parameter-free layers run as they are
+            elif isinstance(layer, (nn.Upsample, nn.ReLU, nn.SiLU, nn.GELU, nn.Mish, Clamp, nn.Identity,
+                                    nn.PixelShuffle, nn.PixelUnshuffle)):
+                ops.append(layer)  # parameter-free layers (and rearrangements) run as they are
             else:
                 raise ValueError(f"optimize: unsupported layer {type(layer).__name__} in the network")
             i += 1
@@ -538,7 +539,8 @@ def _strip_plan(ops: Sequence[nn.Module]) -> list[Segment] | None:
     levels, level = [], 0
     for op in ops:
         g = _geometry(op)
-        up, down = (g[0], g[1]) if g else (2 if isinstance(op, nn.Upsample) else 1, 1)
+        declared = geometry(op)  # resampling layers outside the strips still change the level
+        up, down = (g[0], g[1]) if g else (declared.up, declared.down)
         levels.append((level, level + up.bit_length() - down.bit_length()))
         level = levels[-1][1]
     segments = []

@@ -106,7 +106,7 @@ def _check_layer(layer: nn.Module) -> None:
         g = geometry(layer)
     except ValueError:
         raise ValueError(f"tiling does not support the layer {layer}") from None
-    if not (g.pointwise or isinstance(layer, (Block, nn.Conv2d, nn.Upsample))):
+    if not (g.pointwise or isinstance(layer, (Block, nn.Conv2d, nn.Upsample, *REARRANGEMENTS))):
         raise ValueError(f"tiling does not support the layer {layer} yet (no streaming kernel)")
 
 
@@ -245,6 +245,33 @@ class _Upsample(_Buffered):
         return out
 
 
+REARRANGEMENTS = (nn.PixelShuffle, nn.PixelUnshuffle)  # rows regrouped, nothing read around them
+
+
+class _Rearrange(_Buffered):
+    """PixelShuffle / PixelUnshuffle: whole cells of `down` input rows at a time, `up` output rows per cell (the
+    declared geometry; no context rows)."""
+
+    def __init__(self, layer: nn.Module, n_in: int):
+        g = geometry(layer)
+        if g.before or g.after:
+            raise ValueError(f"tiling: {layer} reads context rows; not a rearrangement")
+        super().__init__(n_in, g.out_rows(n_in))
+        self.layer, self.up, self.down = layer, g.up, g.down
+
+    def push(self, x: torch.Tensor | None, final: bool) -> torch.Tensor | None:
+        self._take(x)
+        cells = min((self.received - self.start) // self.down, self.cap // self.up + 1)
+        end = min(self.n_out, self.next_out + cells * self.up)
+        if end <= self.next_out:
+            return None
+        rows = (end - self.next_out) // self.up * self.down
+        out = self.layer(self.buf[:, :, :rows])
+        self.next_out = end
+        self._drop_before(self.start + rows)
+        return out
+
+
 class _Chain:
     def __init__(self, streams: list[Any], n_in: int):
         self.streams = streams
@@ -336,6 +363,8 @@ def _stream(layer: nn.Module, n_in: int, stats: GNStats) -> Any:
         return _Conv(layer, n_in)
     if isinstance(layer, nn.Upsample):
         return _Upsample(layer, n_in)
+    if isinstance(layer, REARRANGEMENTS):
+        return _Rearrange(layer, n_in)
     return _Pointwise(layer, n_in)
 
 
@@ -361,13 +390,15 @@ def _run(chain: _Chain, bands: Iterable[torch.Tensor], fraction: float) -> Itera
             yield out
 
 
-def _collect(bands: Iterable[torch.Tensor], rows: int) -> torch.Tensor:
+def _collect(bands: Iterable[torch.Tensor], rows: int,
+             memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
     """Concatenate bands along rows into one preallocated tensor of `rows` rows."""
     out: torch.Tensor | None = None
     at = 0
     for band in bands:
         if out is None:
-            out = band.new_empty(band.shape[0], band.shape[1], rows, band.shape[3])
+            out = torch.empty((band.shape[0], band.shape[1], rows, band.shape[3]), dtype=band.dtype,
+                              device=band.device, memory_format=memory_format)
         out[:, :, at: at + band.shape[2]] = band
         at += band.shape[2]
     if out is None or at != rows:  # a bug, never a user error

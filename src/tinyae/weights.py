@@ -21,6 +21,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import math
 import os
 import pickle
 import re
@@ -33,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
 
-from .config import DEFAULTS, TinyConfig
+from .config import DEFAULTS, IMAGE_CHANNELS, TinyConfig
 from .variants import KNOWN_SHA256, Variant, closest_names, get_variant, is_variant
 
 if TYPE_CHECKING:
@@ -302,8 +303,14 @@ def infer_config(sd: dict[str, torch.Tensor]) -> dict[str, Any]:
             i += 1
         if not stem:
             raise WeightsError("cannot read the architecture: the encoder does not start with a convolution")
-        p["in_channels"] = _conv_shape(enc[stem[0]], "encoder layer 0")[0]
-        if len(stem) > 1 or (i < len(idx) and idx[i] != stem[0] + 1):
+        n_in = _conv_shape(enc[stem[0]], f"encoder layer {stem[0]}")[0]
+        if stem[0] > 0:  # F16: a parameter-free PixelUnshuffle before the first conv (and a ReLU after it)
+            if stem[0] != 1 or len(stem) != 1 or (i < len(idx) and idx[i] != 3):
+                raise WeightsError("cannot read the architecture: the encoder does not start with a convolution")
+            p["in_channels"], p["patch_size"] = _patchified(n_in, "encoder's first convolution")
+        else:
+            p["in_channels"], p["patch_size"] = n_in, 1
+        if len(stem) > 1 or (i < len(idx) and idx[i] != stem[0] + 1 and stem[0] == 0):
             p["encoder_stem_channels"] = tuple(_conv_shape(enc[s], f"encoder layer {s}")[1] for s in stem)
         channels, counts = [], []
         for j in idx[i:-1]:
@@ -339,12 +346,28 @@ def infer_config(sd: dict[str, torch.Tensor]) -> dict[str, Any]:
                 channels.append(_conv_shape(e, f"decoder layer {j}")[1])
                 counts.append(0)
         p["decoder_block_out_channels"], p["num_decoder_blocks"] = tuple(channels), tuple(counts)
-        p["out_channels"] = _conv_shape(dec[idx[-1]], f"decoder layer {idx[-1]}")[1]
+        n_out = _conv_shape(dec[idx[-1]], f"decoder layer {idx[-1]}")[1]
+        out, patch = (n_out, 1) if n_out in IMAGE_CHANNELS else _patchified(n_out, "decoder's last convolution")
+        if p.setdefault("patch_size", patch) != patch or p.setdefault("in_channels", out) != out:
+            raise WeightsError(f"encoder and decoder disagree: {p['in_channels']} image channels in "
+                               f"{p['patch_size']}x{p['patch_size']} patches vs {out} in {patch}x{patch}")
+        p["out_channels"] = out
         dec_mid = {m for m in midblock if m[0] == "decoder"}
         if dec_mid and dec_mid != {("decoder", 0)}:
             raise WeightsError("unsupported architecture: GroupNorm branch outside the decoder's first stage")
     p["use_midblock_gn"] = bool(midblock)
+    p.setdefault("out_channels", p.get("in_channels"))
     return p
+
+
+def _patchified(channels: int, what: str) -> tuple[int, int]:
+    """(image channels, patch size) of a convolution side with image_channels * patch**2 channels (F16: 12 or 16)."""
+    for image in IMAGE_CHANNELS:
+        patch = math.isqrt(channels // image)
+        if patch > 1 and image * patch * patch == channels:
+            return image, patch
+    raise WeightsError(f"cannot read the architecture: the {what} has {channels} channels, not 3 or 4 image "
+                       "channels (RGB, RGBA) in square patches")
 
 
 def _describe_mismatch(model: torch.nn.Module, sd: dict[str, torch.Tensor]) -> str | None:

@@ -8,8 +8,9 @@ AutoencoderKLHunyuanVideo15, AutoencoderKLLTX2Video + LTX2Pipeline, AutoencoderK
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
+
+from ..variants import did_you_mean
 
 # Wan 2.1's per-channel latent statistics: AutoencoderKLWan's default config (diffusers 0.42).
 WAN21_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
@@ -126,9 +127,7 @@ def get_video_variant(name: str) -> VideoVariant:
     key = name.lower()
     if key in _ALIASES:
         return VIDEO_VARIANTS[_ALIASES[key]]
-    close = difflib.get_close_matches(key, list(_ALIASES), n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise KeyError(f"unknown video variant {name!r}{hint} Known: {', '.join(VIDEO_VARIANTS)}")
+    raise KeyError(f"unknown video variant {name!r}{did_you_mean(key, _ALIASES)} Known: {', '.join(VIDEO_VARIANTS)}")
 
 
 def is_video_variant(name: object) -> bool:

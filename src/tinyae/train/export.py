@@ -1,0 +1,79 @@
+"""Export of the trained (EMA) student: RUN_DIR/final in diffusers layout (`AutoencoderTiny.from_pretrained`),
+with the latent convention in config.json (`_tinyae_training`) and a README.md model card; the other formats
+tinyae writes under RUN_DIR/export (original encoder/decoder pair, ComfyUI file, ONNX when onnx is installed)."""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import json
+from pathlib import Path
+from typing import Any
+
+from ..model import AutoencoderTiny
+from ..weights import atomic_write, save_comfyui, save_diffusers, save_original
+
+
+def exportable(model: AutoencoderTiny, keep: list[str]) -> AutoencoderTiny:
+    """A float32 CPU copy holding only the halves in `keep` (a half left from scratch and untrained is dropped)."""
+    out = AutoencoderTiny(**model.config.init_kwargs(), has_encoder="encoder" in keep,
+                          has_decoder="decoder" in keep)
+    sd = {k: v for k, v in model.state_dict().items() if k.split(".")[0] in keep}
+    out.load_state_dict(sd)
+    return out.float().cpu().eval()
+
+
+def export(run_dir: Path, model: AutoencoderTiny, keep: list[str], info: dict[str, Any]) -> list[Path]:
+    """Write every format; returns the written paths. `info`: teacher, convention, data, steps, metrics, command."""
+    model = exportable(copy.deepcopy(model), keep)
+    final, other = run_dir / "final", run_dir / "export"
+    save_diffusers(model, final)
+    cfg_path = final / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["_tinyae_training"] = {"teacher": info["teacher"], "latents": info["convention"], "steps": info["steps"]}
+    atomic_write(cfg_path, lambda p: Path(p).write_text(json.dumps(cfg, indent=2, sort_keys=True)))
+    written = [cfg_path, final / "diffusion_pytorch_model.safetensors"]
+    formats = info.get("formats", ())
+    name = info.get("name", "tae")
+    if "original" in formats:
+        written += map(Path, save_original(model, other / "original", name))
+    if "comfyui" in formats and len(keep) == 2:
+        written.append(Path(save_comfyui(model, other / "comfyui" / f"{name}.safetensors")))
+    if "onnx" in formats:
+        try:
+            from ..runtime import export_onnx
+
+            written += export_onnx(model, other / "onnx", overwrite=True)
+        except ImportError:
+            pass  # the onnx extra is not installed
+    card = model_card(model, keep, info, [p.relative_to(run_dir) for p in written])
+    atomic_write(final / "README.md", lambda p: Path(p).write_text(card))
+    return written + [final / "README.md"]
+
+
+def model_card(model: AutoencoderTiny, keep: list[str], info: dict[str, Any], files: list[Path]) -> str:
+    m = info.get("metrics") or {}
+    conv = info["convention"]
+    lines = [
+        "---", "library_name: diffusers", "tags: [tinyae, taesd, autoencoder, distillation]", "---", "",
+        f"# {info.get('name', 'tae')}: a Tiny AutoEncoder distilled with tinyae", "",
+        f"- teacher: `{info['teacher']}`",
+        f"- latent convention: {json.dumps({k: v for k, v in conv.items() if k not in ('mean', 'std')})} "
+        "(the model consumes and produces the diffusion model's latents)",
+        f"- student: {info['student']}; halves in this export: {', '.join(keep)}",
+        f"- trained: {', '.join(info['trained'])}; {info['steps']} steps, {info['samples']} samples, "
+        f"{info['minutes']:.1f} minutes",
+        f"- data: {info['data_images']} images from {', '.join(info['data'])}; validation: {info.get('val') or 'none'}",
+        f"- latent channels {model.config.latent_channels}, scale factor {model.spatial_scale_factor}, "
+        f"{sum(p.numel() for p in model.parameters()):,} parameters",
+        f"- written {datetime.date.today().isoformat()} by tinyae.train", "",
+        "## Validation metrics (EMA weights, last evaluation)", "",
+    ]
+    if m:
+        lines += ["| metric | value |", "|---|---|"] + [f"| {k} | {v:.4f} |" for k, v in sorted(m.items())]
+    else:
+        lines.append("no evaluation was run (no --val folder)")
+    lines += ["", "## Use", "", "```python", "from tinyae import AutoencoderTiny",
+              "model = AutoencoderTiny.from_pretrained(\"final\")  # this folder", "```", "",
+              "## Files", ""] + [f"- `{f}`" for f in files] + ["", "## Command", "", "```", info["command"], "```", ""]
+    return "\n".join(lines)
