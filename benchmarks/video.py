@@ -1,6 +1,6 @@
 """Video TAE benchmark: taew2_1 architecture with random weights, decode and encode of N latents at h x w
-(default 21 latents at 60x104 = 81 frames of 480x832), parallel vs streaming, time and peak RSS, against diffusers'
-AutoencoderKLWan (default config, random weights) on the same shape.
+(default 21 latents at 60x104 = 81 frames of 480x832), parallel vs streaming, each also optimized (optimize("auto"))
+and row-band tiled, time and peak RSS, against diffusers' AutoencoderKLWan (default config, random weights) on the same shape.
 
 Each measurement runs in a fresh subprocess so that peak RSS (ru_maxrss) is its own. Figures need a quiet machine.
 
@@ -44,10 +44,14 @@ def _one(what: str, mode: str, latents: int, h: int, w: int, threads: int) -> di
             from tinyae.video import StreamingDecoder, StreamingEncoder
 
             m = AutoencoderTinyVideo("taew2_1").eval()
+            if mode.startswith("opt-"):  # optimize("auto"): fused CPU convolutions (bf16 where the CPU has it)
+                m = m.optimize("auto")
+            if mode.endswith("tiled-streaming"):  # exact row bands of 8 latent rows
+                m.enable_tiling(8)
             if what == "decode":
                 z = torch.randn(1, 16, latents, h, w)
                 t0 = time.perf_counter()
-                if mode == "parallel":
+                if mode.endswith("parallel"):
                     out = m.decode(z).sample
                 else:
                     n = 0
@@ -57,7 +61,7 @@ def _one(what: str, mode: str, latents: int, h: int, w: int, threads: int) -> di
             else:
                 x = torch.rand(1, 3, frames, 8 * h, 8 * w) * 2 - 1
                 t0 = time.perf_counter()
-                if mode == "parallel":
+                if mode.endswith("parallel"):
                     out = m.encode(x).latents
                 else:
                     s = StreamingEncoder(m)
@@ -83,7 +87,8 @@ def main() -> None:
     if a.child:
         print(json.dumps(_one(a.child[0], a.child[1], int(a.child[2]), a.height, a.width, a.threads)))
         return
-    runs = [(w, m) for w in ("decode", "encode") for m in ("parallel", "streaming")]
+    modes = ("parallel", "streaming", "opt-parallel", "opt-streaming", "tiled-streaming", "opt-tiled-streaming")
+    runs = [(w, m) for w in ("decode", "encode") for m in modes]
     if not a.no_wan:
         runs += [("wan-decode", "-"), ("wan-encode", "-")]
     print(f"# {platform.processor() or platform.machine()}, torch threads {a.threads}")
@@ -96,7 +101,7 @@ def main() -> None:
                 print(f"{what} {mode} {n}: failed: {r.stderr.strip().splitlines()[-1:]}")
                 continue
             d = json.loads(r.stdout.strip().splitlines()[-1])
-            print(f"{d['what']:<11} {d['mode']:<9} {n:>3} latents {a.height}x{a.width}: {d['seconds']:8.3f} s  "
+            print(f"{d['what']:<11} {d['mode']:<19} {n:>3} latents {a.height}x{a.width}: {d['seconds']:8.3f} s  "
                   f"peak RSS {d['peak_rss_mb']:8.1f} MB  out {d['out_shape']}")
 
 

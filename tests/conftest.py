@@ -51,3 +51,28 @@ def taef2():
 @pytest.fixture(scope="session")
 def astronaut() -> torch.Tensor:
     return load_photo(IMAGES / "astronaut.png")
+
+
+# ---------------------------------------------------------------------------------------------- video TAEs
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory):
+    """Random weights of every video variant (tests/reference_video.py), saved in the original single-file
+    layout as <variant>.pth: {variant: (state_dict, path)}."""
+    import reference_video as ref
+    from tinyae.video import VIDEO_VARIANTS
+
+    root = tmp_path_factory.mktemp("video_weights")
+    out = {}
+    for i, name in enumerate(VIDEO_VARIANTS):
+        sd = ref.random_weights(ref.SPECS[name], seed=i)
+        torch.save(sd, root / f"{name}.pth")
+        out[name] = (sd, root / f"{name}.pth")
+    return out
+
+
+@pytest.fixture(scope="session")
+def models(weights):
+    """{variant: AutoencoderTinyVideo} loaded from `weights`."""
+    from tinyae.video import AutoencoderTinyVideo
+
+    return {name: AutoencoderTinyVideo.from_pretrained(path, variant=name) for name, (_, path) in weights.items()}

@@ -18,23 +18,6 @@ TOL = 1e-5
 VARIANTS = list(VIDEO_VARIANTS)
 
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    """Random weights of every variant, saved in the original single-file layout as <variant>.pth."""
-    root = tmp_path_factory.mktemp("video_weights")
-    out = {}
-    for i, name in enumerate(VARIANTS):
-        sd = ref.random_weights(ref.SPECS[name], seed=i)
-        torch.save(sd, root / f"{name}.pth")
-        out[name] = (sd, root / f"{name}.pth")
-    return out
-
-
-@pytest.fixture(scope="module")
-def models(weights):
-    return {name: AutoencoderTinyVideo.from_pretrained(path, variant=name) for name, (_, path) in weights.items()}
-
-
 def _video(model, frames: int, seed: int = 0) -> torch.Tensor:
     f = model.config.encoder_space_factor
     g = torch.Generator().manual_seed(seed)

@@ -84,3 +84,62 @@ def test_cli_video_errors(tmp_path, model_file, capsys):
     assert "not a multiple of 8" in capsys.readouterr().err
     assert main(["encode", str(video), "-o", str(tmp_path / "lat"), "-m", "taew2_1"]) == 1
     assert "give the weights file" in capsys.readouterr().err
+
+
+def test_cli_decode_to_frame_folder_and_streamed_roundtrip_output(tmp_path, model_file, monkeypatch, capsys):
+    import tinyae.video.cli as vcli
+
+    video = tmp_path / "in.mp4"
+    write_frames(video, iter(_frames(10)), fps=8)
+    m = str(model_file)
+    assert main(["encode", str(video), "-o", str(tmp_path / "lat"), "-m", m]) == 0
+    lat = tmp_path / "lat" / "in.safetensors"
+    assert main(["decode", str(lat), "-o", str(tmp_path / "dec"), "--frames", "-m", m]) == 0
+    pngs = sorted((tmp_path / "dec" / "in").iterdir())
+    assert [p.name for p in pngs] == [f"{k:06d}.png" for k in range(9)]
+    assert main(["decode", str(lat), "-o", str(tmp_path / "dec"), "--frames", "-m", m]) == 1  # never overwritten
+    assert "already exist" in capsys.readouterr().err
+
+    read, written_after = [0], []
+    real_read, real_write = vcli.read_frames, vcli.write_frames
+
+    def counting_read(path):
+        for a in real_read(path):
+            read[0] += 1
+            yield a
+
+    def watching_write(path, frames, **kw):
+        def watch():
+            for f in frames:
+                written_after.append(read[0])
+                yield f
+        return real_write(path, watch(), **kw)
+
+    monkeypatch.setattr(vcli, "read_frames", counting_read)
+    monkeypatch.setattr(vcli, "write_frames", watching_write)
+    assert main(["roundtrip", str(video), "-o", str(tmp_path / "rt"), "-m", m, "--json"]) == 0
+    f = json.loads(capsys.readouterr().out)["files"][0]
+    assert f["compared"] == 9 and len(list(real_read(tmp_path / "rt" / "in.decoded.mp4"))) == 9
+    assert len(written_after) == 9 and written_after[0] < 10  # the first frame is written before the last is read
+
+
+def test_cli_video_precision(tmp_path, model_file, capsys):
+    video = tmp_path / "in.mp4"
+    write_frames(video, iter(_frames(5)), fps=8)
+    m = str(model_file)
+    docs = {}
+    for p in ("exact", "fp32", "bf16"):
+        assert main(["encode", str(video), "-o", str(tmp_path / p), "-m", m, "--precision", p, "--json"]) == 0
+        docs[p] = json.loads(capsys.readouterr().out)
+    assert [docs[p]["precision"] for p in docs] == ["exact", "fp32", "bf16"]
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    z = {p: load_file(str(tmp_path / p / "in.safetensors"))["latents"] for p in docs}
+    with safe_open(str(tmp_path / "bf16" / "in.safetensors"), "pt") as f:
+        assert f.metadata()["precision"] == "bf16"
+    torch.testing.assert_close(z["fp32"], z["exact"], atol=1e-5, rtol=0)
+    assert (z["bf16"] - z["exact"]).abs().max() < 0.05 * z["exact"].abs().max()
+    assert main(["encode", str(video), "-o", str(tmp_path / "x"), "-m", m, "--precision", "bf16",
+                 "--dtype", "float16"]) == 1
+    assert "--dtype float16 sets the dtype of --precision exact" in capsys.readouterr().err

@@ -207,6 +207,10 @@ def set_vae(pipe: Any, model: _model.AutoencoderTiny) -> AutoencoderTiny:
     pipelines and `pipe.save_pretrained` need; diffusers' own AutoencoderTiny is set as it is (not for FLUX.2).
     Raises ValueError, before any generation, on a wrong model.
     """
+    from .video import pipelines as video
+
+    if video.is_video_model(model) or video.video_pipeline_family(pipe) is not None:
+        return video.set_video_vae(pipe, model)  # video TAEs and pipelines: tinyae.video.pipelines
     fam = check_vae(model, pipe)
     if isinstance(model, _model.AutoencoderTiny):
         vae = AutoencoderTiny.from_model(model)
@@ -339,6 +343,16 @@ class LivePreview:
     the aspect ratio; without them the token grid is taken as square.
     """
 
+    def __new__(cls, model: Any = None, *args: Any, pipe: Any = None, **kwargs: Any) -> "LivePreview":
+        if cls is LivePreview:  # video TAEs and video pipelines: tinyae.video.preview.VideoLivePreview
+            from .video import pipelines as video
+
+            if video.is_video_model(model) or (pipe is not None and video.video_pipeline_family(pipe) is not None):
+                from .video.preview import VideoLivePreview
+
+                cls = VideoLivePreview
+        return super().__new__(cls)
+
     def __init__(self, model: Any, every: int = 1, *, pipe: Any = None, family: str | Family | None = None,
                  mode: str = "x0", on_frame: Callable[[PreviewFrame], Any] | None = None,
                  save_dir: str | os.PathLike | None = None, animation: str | os.PathLike | None = None,
@@ -404,7 +418,7 @@ class LivePreview:
         if step == 0:
             self.frames, self._prev = [], None
         if self.family is None:
-            self.family = check_vae(self.model, pipe)
+            self.family = self._check_pipe(pipe)
         latents = latents.detach()
         total = getattr(pipe, "_num_timesteps", None)
         last = isinstance(total, int) and step == total - 1
@@ -433,6 +447,9 @@ class LivePreview:
             self.frames.append(frame)
         if last:
             self.finish()
+
+    def _check_pipe(self, pipe: Any) -> Any:
+        return check_vae(self.model, pipe)
 
     def to_tae_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """The pipeline's latents (or x0 estimate) -> the TAE's latents (B, C, h, w)."""

@@ -138,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quality", type=_positive, default=95, help="jpg/webp quality 1-100 (default 95)")
     s.add_argument("--stream", action="store_true",
                    help="write each PNG row band by row band (memory flat in image size; png, RGB, no alpha)")
+    s.add_argument("--frames", action="store_true",
+                   help="video latents: write each video as a folder of PNG frames (OUT/NAME/000000.png)")
     s.set_defaults(run=cmd_decode)
 
     s = sub.add_parser("roundtrip", parents=[common, batch, compute], formatter_class=raw,

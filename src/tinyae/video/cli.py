@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..cli import MODEL_ENV, CliError, Job, Reporter, check_output_folder, finish, handle_existing, plan_outputs
+from ..cli import (MODEL_ENV, CliError, Job, Reporter, _optimized, check_output_folder, finish, handle_existing,
+                   plan_outputs)
 from ..images import psnr, ssim
 from ..weights import WeightsError, atomic_write
 from .io import VIDEO_SUFFIXES, VideoError, frame_files, is_video_path, probe, read_frames, write_frames
@@ -78,6 +79,8 @@ def wants_video(command: str, args: argparse.Namespace) -> bool:
         return True
     inputs = [Path(p) for p in args.inputs]
     if command == "decode":
+        if getattr(args, "frames", False):
+            return True
         return any(p.suffix == ".safetensors" and _safetensors_meta(p).get("kind") == "video" for p in inputs)
     return any(is_video_path(p) for p in inputs)
 
@@ -102,9 +105,19 @@ def load_video_model(args: argparse.Namespace, spec: str | None) -> Any:
         raise CliError(f"--model {spec}: {e}") from None
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else \
         ("cpu" if args.device == "auto" else args.device)
+    precision = getattr(args, "precision", "exact")
+    if precision != "exact" and args.dtype != "auto":
+        raise CliError(f"--dtype {args.dtype} sets the dtype of --precision exact; with --precision {precision} "
+                       "the precision chooses it (use --precision fp32, bf16 or fp16)")
     dtype = {"auto": torch.float32, "float32": torch.float32, "float16": torch.float16,
              "bfloat16": torch.bfloat16}[args.dtype]
-    return model.to(device, dtype)
+    model, used = _optimized(model.to(device, dtype), precision)  # --precision auto: optimize() where it runs
+    model.__dict__["cli_precision"] = used
+    return model
+
+
+def _summary(args: argparse.Namespace, model: Any) -> dict[str, Any]:
+    return {"model": args.model, "variant": model.config.variant, "precision": model.__dict__["cli_precision"]}
 
 
 def collect_videos(paths: list[str]) -> list[Job]:
@@ -165,7 +178,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
     rep, started = Reporter(args.json), time.perf_counter()
     jobs = collect_videos(args.inputs)
-    check_output_folder(plan_outputs(jobs, Path(args.output), lambda j: j.input.stem + ".safetensors", (".safetensors",)))
+    check_output_folder(plan_outputs(jobs, Path(args.output), lambda j: j.input.stem + ".safetensors",
+                                     (".safetensors",)))
     handle_existing(jobs, args.force, args.resume)
     model = load_video_model(args, args.model or os.environ.get(MODEL_ENV))
 
@@ -177,6 +191,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
             n += 1
         z = torch.cat(parts + [enc.flush().cpu()], 2).float().contiguous()
         meta = {"kind": "video", "variant": str(model.config.variant), "fps": str(info.fps), "frames": str(n),
+                "precision": model.__dict__["cli_precision"],
                 "width": str(info.width), "height": str(info.height)}
         atomic_write(j.output, lambda tmp: save_file({"latents": z}, tmp, metadata=meta))
         j.status, j.info = "ok", {"frames": n, "latent_shape": list(z.shape), "bytes": j.output.stat().st_size}
@@ -184,7 +199,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
                  f"{'x'.join(map(str, z.shape))})")
 
     _run(rep, jobs, work)
-    return finish(rep, "encode", jobs, started, {"model": args.model, "variant": model.config.variant})
+    return finish(rep, "encode", jobs, started, _summary(args, model))
 
 
 def _read_latents(path: Path) -> tuple[torch.Tensor, dict[str, str]]:
@@ -205,7 +220,11 @@ def cmd_decode(args: argparse.Namespace) -> int:
     rep, started = Reporter(args.json), time.perf_counter()
     jobs = [Job(Path(p)) if Path(p).is_file() else Job(Path(p), status="failed", error=f"{p}: no such file")
             for p in args.inputs]
-    check_output_folder(plan_outputs(jobs, Path(args.output), lambda j: j.input.stem + ".mp4", tuple(VIDEO_SUFFIXES)))
+    if args.frames:  # a folder of PNG frames per video: OUT/<name>/
+        check_output_folder(plan_outputs(jobs, Path(args.output), lambda j: j.input.stem, ()))
+    else:
+        check_output_folder(plan_outputs(jobs, Path(args.output), lambda j: j.input.stem + ".mp4",
+                                         tuple(VIDEO_SUFFIXES)))
     handle_existing(jobs, args.force, args.resume)
     model = load_video_model(args, args.model or os.environ.get(MODEL_ENV))
 
@@ -221,7 +240,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
         rep.line(f"{j.input} -> {j.output}  ({z.shape[2]} latents -> {n} frames)")
 
     _run(rep, jobs, work)
-    return finish(rep, "decode", jobs, started, {"model": args.model, "variant": model.config.variant})
+    return finish(rep, "decode", jobs, started, _summary(args, model))
 
 
 def flicker(prev_src: np.ndarray, src: np.ndarray, prev_out: np.ndarray, out: np.ndarray) -> float:
@@ -250,9 +269,9 @@ def cmd_roundtrip(args: argparse.Namespace) -> int:
         sources: deque[np.ndarray] = deque()  # frames read but not yet decoded (a few: the model's latency)
         stats = {"psnr": [], "ssim": [], "flicker": []}
         prev: list[Any] = [None, None]
-        decoded_all: list[np.ndarray] | None = [] if args.output else None
+        count = [0]
 
-        def compare(frames: torch.Tensor) -> None:
+        def compare(frames: torch.Tensor):
             for f in frames.unbind(2):
                 if not sources:
                     return  # frames made from end padding: no source to compare with
@@ -262,17 +281,21 @@ def cmd_roundtrip(args: argparse.Namespace) -> int:
                 if prev[0] is not None:
                     stats["flicker"].append(flicker(prev[0], src, prev[1], out))
                 prev[:] = [src, out]
-                if decoded_all is not None:
-                    decoded_all.append(out)
+                yield out
 
-        n = 0
-        for a in read_frames(j.input):
-            sources.append(a)
-            n += 1
-            compare(dec.push(enc.push(_to_tensor(a, model))))
-        compare(dec.push(enc.flush()))
-        if decoded_all is not None:  # the decoded video (held: a roundtrip's output is for looking at)
-            write_frames(j.output, iter(decoded_all), fps=info.fps)
+        def decoded():  # frames flow through: read, encode, decode, compare, (write) one at a time
+            for a in read_frames(j.input):
+                sources.append(a)
+                count[0] += 1
+                yield from compare(dec.push(enc.push(_to_tensor(a, model))))
+            yield from compare(dec.push(enc.flush()))
+
+        if args.output:
+            write_frames(j.output, decoded(), fps=info.fps)
+        else:
+            for _ in decoded():
+                pass
+        n = count[0]
         finite = [p for p in stats["psnr"] if math.isfinite(p)]
         j.status = "ok"
         j.info = {"frames": n, "compared": len(stats["psnr"]),
@@ -286,7 +309,7 @@ def cmd_roundtrip(args: argparse.Namespace) -> int:
                  f"(min {j.info['psnr_min']})  SSIM {j.info['ssim_mean']}  flicker {j.info['flicker']}")
 
     _run(rep, jobs, work)
-    return finish(rep, "roundtrip", jobs, started, {"model": args.model, "variant": model.config.variant})
+    return finish(rep, "roundtrip", jobs, started, _summary(args, model))
 
 
 def cmd_info(args: argparse.Namespace) -> int:

@@ -8,6 +8,8 @@ turns one frame into that many. Tensors are (N, T, C, H, W) for `run_parallel` a
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn as nn
 
@@ -20,19 +22,28 @@ def _previous(h: torch.Tensor, n: int) -> torch.Tensor:
     return torch.cat([torch.zeros_like(v[:, :1]), v[:, :-1]], 1).flatten(0, 1)
 
 
-def run_parallel(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-    """Apply `layers` to all T frames at once (fast, memory O(T)). x: (N, T, C, H, W) -> (N, T', C', H', W')."""
+Crops = Optional[list[tuple[int, int]]]  # per layer, the output rows [start, stop) kept (row bands: video.tiling)
+
+
+def _crop(h: torch.Tensor, crops: list[tuple[int, int]] | None, i: int) -> torch.Tensor:
+    return h if crops is None else h[..., crops[i][0]:crops[i][1], :]
+
+
+def run_parallel(layers: nn.Sequential, x: torch.Tensor, crops: Crops = None) -> torch.Tensor:
+    """Apply `layers` to all T frames at once (fast, memory O(T)). x: (N, T, C, H, W) -> (N, T', C', H', W').
+
+    `crops`: after layer i keep only its output rows crops[i] (a row band's plan, tinyae.video.tiling)."""
     n = x.shape[0]
     h = x.flatten(0, 1)
-    for layer in layers:
+    for i, layer in enumerate(layers):
         g = geometry(layer)
         if g.memory:
-            h = layer(h, _previous(h, n))
+            h = _crop(layer(h, _previous(h, n)), crops, i)
             continue
         if g.t_stride > 1 and (h.shape[0] // n) % g.t_stride:
             raise ValueError(f"{type(layer).__name__} pools {g.t_stride} frames; got {h.shape[0] // n}, "
                              "not a multiple (pad the input first)")
-        h = layer(h)
+        h = _crop(layer(h), crops, i)
     return h.view(n, -1, *h.shape[1:])
 
 
@@ -43,8 +54,8 @@ class FrameStream:
     several after a temporal upscale), in order; their concatenation equals `run_parallel` on all frames pushed.
     """
 
-    def __init__(self, layers: nn.Sequential):
-        self.layers = layers
+    def __init__(self, layers: nn.Sequential, crops: Crops = None):
+        self.layers, self.crops = layers, crops
         self.geometries = [geometry(layer) for layer in layers]
         self.reset()
 
@@ -52,6 +63,21 @@ class FrameStream:
         """Forget all state: the next frame is a first frame."""
         self._past: dict[int, torch.Tensor] = {}
         self._gathered: dict[int, list[torch.Tensor]] = {}
+
+    @property
+    def memory_layers(self) -> list[int]:
+        """Indices of the layers that read their own previous input (the temporal state)."""
+        return [i for i, g in enumerate(self.geometries) if g.memory]
+
+    def get_state(self) -> list[torch.Tensor | None]:
+        """Each memory layer's input at the previous frame (None before the first frame), in layer order."""
+        return [self._past.get(i) for i in self.memory_layers]
+
+    def set_state(self, state: list[torch.Tensor | None]) -> None:
+        """Set what `get_state` returns (None: zeros at the next frame); pooling layers must have nothing pending."""
+        if len(state) != len(self.memory_layers) or self.pending:
+            raise ValueError(f"state must be {len(self.memory_layers)} tensors, set between complete groups")
+        self._past = {i: t for i, t in zip(self.memory_layers, state) if t is not None}
 
     @property
     def pending(self) -> int:
@@ -67,17 +93,17 @@ class FrameStream:
             layer, g = self.layers[i], self.geometries[i]
             if g.memory:
                 past = self._past.get(i)
-                x, self._past[i] = layer(x, torch.zeros_like(x) if past is None else past), x
+                x, self._past[i] = _crop(layer(x, torch.zeros_like(x) if past is None else past), self.crops, i), x
             elif g.t_stride > 1:
                 group = self._gathered.setdefault(i, [])
                 group.append(x)
                 if len(group) < g.t_stride:
                     return []
                 self._gathered[i] = []
-                x = layer(torch.stack(group, 1).flatten(0, 1))
+                x = _crop(layer(torch.stack(group, 1).flatten(0, 1)), self.crops, i)
             elif g.t_scale > 1:
-                y = layer(x).view(x.shape[0], g.t_scale, -1, *x.shape[2:])
+                y = _crop(layer(x), self.crops, i).view(x.shape[0], g.t_scale, -1, *x.shape[2:])
                 return [out for k in range(g.t_scale) for out in self._run(i + 1, y[:, k])]
             else:
-                x = layer(x)
+                x = _crop(layer(x), self.crops, i)
         return [x]

@@ -10,6 +10,7 @@ taeh3 encodes 17-frame chunks independently (3 zero frames before each, its last
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 
 from .config import VideoConfig
 from .execute import FrameStream, run_parallel
+from .tiling import BandedFrameStream, run_banded
 
 
 def _check_frames(cfg: VideoConfig, x: torch.Tensor) -> None:
@@ -28,29 +30,46 @@ def _check_frames(cfg: VideoConfig, x: torch.Tensor) -> None:
                          f"got {x.shape[-2]}x{x.shape[-1]}; pad or crop the frames")
 
 
-def _encode_chunk(cfg: VideoConfig, encoder: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+def _run(layers: nn.Sequential, x: torch.Tensor, band: int | None) -> torch.Tensor:
+    return run_parallel(layers, x) if band is None else run_banded(layers, x, band)
+
+
+def _stream(layers: nn.Sequential, band: int | None) -> FrameStream | BandedFrameStream:
+    return FrameStream(layers) if band is None else BandedFrameStream(layers, band)
+
+
+def _decoder_band(cfg: VideoConfig, tile_rows: int | None) -> int | None:
+    """Decoder output rows (before the pixel shuffle) of a band of `tile_rows` latent rows."""
+    return None if tile_rows is None else tile_rows * (cfg.space_factor // cfg.patch_size)
+
+
+def _encode_chunk(cfg: VideoConfig, encoder: nn.Sequential, x: torch.Tensor, tile_rows: int | None = None
+                  ) -> torch.Tensor:
     rule, t = cfg.frames, cfg.encoder_time_factor
     if rule.encode_front_zeros:
         x = torch.cat([x.new_zeros(x.shape[0], rule.encode_front_zeros, *x.shape[2:]), x], 1)
     if x.shape[1] % t:
         x = torch.cat([x, x[:, -1:].expand(-1, t - x.shape[1] % t, -1, -1, -1)], 1)
-    z = run_parallel(encoder, x)
+    z = _run(encoder, x, tile_rows)
     drop = min(rule.encode_drop_last, z.shape[1] - 1)
     return z[:, :z.shape[1] - drop]
 
 
-def encode_frames(cfg: VideoConfig, encoder: nn.Sequential, x: torch.Tensor, parallel: bool = True) -> torch.Tensor:
-    """Frames (N, T, 3, H, W) in [0, 1] -> latents (N, T', C, H/f, W/f); T' = ceil(T/t) (taeh3: per chunk)."""
+def encode_frames(cfg: VideoConfig, encoder: nn.Sequential, x: torch.Tensor, parallel: bool = True,
+                  tile_rows: int | None = None) -> torch.Tensor:
+    """Frames (N, T, 3, H, W) in [0, 1] -> latents (N, T', C, H/f, W/f); T' = ceil(T/t) (taeh3: per chunk).
+
+    `tile_rows`: compute in row bands of that many latent rows (exact; tinyae.video.tiling)."""
     _check_frames(cfg, x)
     if x.shape[1] < 1:
         raise ValueError("no frames to encode")
     if not parallel:
-        s = EncodeStream(cfg, encoder)
+        s = EncodeStream(cfg, encoder, tile_rows)
         out = [z for frame in x.unbind(1) for z in s.push(frame)] + s.flush()
         return torch.stack(out, 1)
     x = F.pixel_unshuffle(x, cfg.patch_size) if cfg.patch_size > 1 else x
     size = cfg.frames.encode_chunk or x.shape[1]
-    return torch.cat([_encode_chunk(cfg, encoder, c) for c in x.split(size, 1)], 1)
+    return torch.cat([_encode_chunk(cfg, encoder, c, tile_rows) for c in x.split(size, 1)], 1)
 
 
 def decoded_frame_count(cfg: VideoConfig, num_latents: int) -> int:
@@ -76,19 +95,22 @@ def finish_frames(cfg: VideoConfig, y: torch.Tensor) -> torch.Tensor:
     return F.pixel_shuffle(y, cfg.patch_size) if cfg.patch_size > 1 else y
 
 
-def decode_latents(cfg: VideoConfig, decoder: nn.Sequential, z: torch.Tensor, parallel: bool = True
-                   ) -> torch.Tensor:
-    """Latents (N, T, C, h, w) -> frames (N, T', 3, H, W) in [0, 1]; T' = decoded_frame_count(cfg, T)."""
+def decode_latents(cfg: VideoConfig, decoder: nn.Sequential, z: torch.Tensor, parallel: bool = True,
+                   tile_rows: int | None = None) -> torch.Tensor:
+    """Latents (N, T, C, h, w) -> frames (N, T', 3, H, W) in [0, 1]; T' = decoded_frame_count(cfg, T).
+
+    `tile_rows`: compute in row bands of that many latent rows (exact; tinyae.video.tiling)."""
     if z.ndim != 5 or z.shape[2] != cfg.latent_channels:
         raise ValueError(f"latents must be (N, T, {cfg.latent_channels}, h, w), got {tuple(z.shape)}")
     if z.shape[1] < 1:
         raise ValueError("no latents to decode")
     if not parallel:
-        s = DecodeStream(cfg, decoder, num_latents=z.shape[1])
+        s = DecodeStream(cfg, decoder, num_latents=z.shape[1], tile_rows=tile_rows)
         return torch.stack([f for lat in z.unbind(1) for f in s.push(lat)], 1)
     trim = _trim(cfg, z.shape[1])
     size = cfg.frames.decode_chunk or z.shape[1]
-    return torch.cat([finish_frames(cfg, run_parallel(decoder, c))[:, trim:] for c in z.split(size, 1)], 1)
+    band = _decoder_band(cfg, tile_rows)
+    return torch.cat([finish_frames(cfg, _run(decoder, c, band))[:, trim:] for c in z.split(size, 1)], 1)
 
 
 class EncodeStream:
@@ -97,9 +119,10 @@ class EncodeStream:
     Holds O(1) frames whatever the video's length; the latents equal `encode_frames(..., parallel=True)`.
     """
 
-    def __init__(self, cfg: VideoConfig, encoder: nn.Sequential):
+    def __init__(self, cfg: VideoConfig, encoder: nn.Sequential | None, tile_rows: int | None = None,
+                 stream: Any = None):
         self.cfg, self.rule = cfg, cfg.frames
-        self.stream = FrameStream(encoder)
+        self.stream = stream if stream is not None else _stream(encoder, tile_rows)  # or an ONNX one (video.onnx)
         self._held: deque[torch.Tensor] = deque()  # latents that may still be dropped (taeh3)
         self._last: torch.Tensor | None = None
         self._in_chunk = self._emitted = 0
@@ -152,12 +175,13 @@ class DecodeStream:
     `num_latents` is needed only where the frame rule depends on the count (taecvx).
     """
 
-    def __init__(self, cfg: VideoConfig, decoder: nn.Sequential, num_latents: int | None = None):
+    def __init__(self, cfg: VideoConfig, decoder: nn.Sequential | None, num_latents: int | None = None,
+                 tile_rows: int | None = None, stream: Any = None):
         if cfg.frames.keep_all_for_even_latents and num_latents is None:
             raise ValueError(f"{cfg.variant or 'this model'}: the first frames are kept or dropped depending on "
                              "whether the latent count is even; pass num_latents to stream it")
         self.cfg = cfg
-        self.stream = FrameStream(decoder)
+        self.stream = stream if stream is not None else _stream(decoder, _decoder_band(cfg, tile_rows))
         self.trim = _trim(cfg, num_latents or 1)
         self._count, self._skip = 0, self.trim
 

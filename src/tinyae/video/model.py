@@ -31,6 +31,7 @@ class AutoencoderTinyVideo(nn.Module):
             config = VideoConfig.of_variant(get_video_variant(config or "taew2_1"))
         self._config = config.replace(**changes)
         self.encoder, self.decoder = W.build_parts(self._config, encoder, decoder)
+        self.tile_rows: int | None = None  # latent rows per spatial band; None: untiled (enable_tiling)
 
     # -- metadata
     @property
@@ -57,6 +58,21 @@ class AutoencoderTinyVideo(nn.Module):
         """Frames `decode` gives for `num_latents` latents (4n+1, 8n+1; see docs/video.md for the exceptions)."""
         return decoded_frame_count(self._config, num_latents)
 
+    # -- spatial tiling (exact)
+    def enable_tiling(self, latent_rows: int = 16) -> None:
+        """Compute encode/decode (parallel and streamed) in row bands of `latent_rows` latent rows: the same values
+        (within float rounding), peak activation memory proportional to the band instead of the frame height."""
+        if isinstance(latent_rows, bool) or not isinstance(latent_rows, int) or latent_rows < 1:
+            raise ValueError(f"latent_rows must be a positive integer, got {latent_rows!r}")
+        self.tile_rows = latent_rows
+
+    def disable_tiling(self) -> None:
+        self.tile_rows = None
+
+    @property
+    def use_tiling(self) -> bool:
+        return self.tile_rows is not None
+
     def _part(self, name: str) -> nn.Sequential:
         part = getattr(self, name)
         if part is None:
@@ -67,11 +83,11 @@ class AutoencoderTinyVideo(nn.Module):
     # -- original convention: NTCHW, frames in [0, 1]
     def encode_video(self, x: torch.Tensor, parallel: bool = True) -> torch.Tensor:
         """Frames (N, T, 3, H, W) in [0, 1] -> latents (N, T', C, H/f, W/f). parallel=False streams (O(1) in T)."""
-        return encode_frames(self._config, self._part("encoder"), x.to(self.dtype), parallel)
+        return encode_frames(self._config, self._part("encoder"), x.to(self.dtype), parallel, self.tile_rows)
 
     def decode_video(self, z: torch.Tensor, parallel: bool = True) -> torch.Tensor:
         """Latents (N, T, C, h, w) -> frames (N, T', 3, H, W) in [0, 1]. parallel=False streams (O(1) in T)."""
-        return decode_latents(self._config, self._part("decoder"), z.to(self.dtype), parallel)
+        return decode_latents(self._config, self._part("decoder"), z.to(self.dtype), parallel, self.tile_rows)
 
     # -- diffusers convention: NCTHW, video in [-1, 1]
     def encode(self, x: torch.Tensor, return_dict: bool = True, parallel: bool = True
@@ -107,7 +123,14 @@ class AutoencoderTinyVideo(nn.Module):
         out = AutoencoderTinyVideo(cfg, encoder=False, decoder=True).to(self.device, self.dtype)
         sd = W.fit_tgrow({f"decoder.{k}": v for k, v in self._part("decoder").state_dict().items()}, out.decoder)
         W.load_into({"decoder": out.decoder}, sd, "preview")
+        out.tile_rows = self.tile_rows
         return out.eval()
+
+    def optimize(self, precision: str = "auto") -> "AutoencoderTinyVideo":
+        """A fast inference copy (fused CPU convolutions, channels-last; tinyae.video.fast.optimize_video)."""
+        from .fast import optimize_video
+
+        return optimize_video(self, precision)
 
     # -- loading and saving
     @classmethod
@@ -161,7 +184,7 @@ class StreamingEncoder:
 
     def __init__(self, model: AutoencoderTinyVideo, original: bool = False):
         self.model, self.original = model, original
-        self._s = EncodeStream(model.config, model._part("encoder"))
+        self._s = EncodeStream(model.config, model._part("encoder"), model.tile_rows)
 
     def _out(self, zs: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
         if not zs:
@@ -195,7 +218,7 @@ class StreamingDecoder:
 
     def __init__(self, model: AutoencoderTinyVideo, num_latents: int | None = None, original: bool = False):
         self.model, self.original = model, original
-        self._s = DecodeStream(model.config, model._part("decoder"), num_latents)
+        self._s = DecodeStream(model.config, model._part("decoder"), num_latents, model.tile_rows)
 
     def _frames(self, latents: torch.Tensor):
         z = latents.to(self.model.dtype)
