@@ -8,8 +8,10 @@ image). Derivation for a convolution (kernel k, stride s, padding p): output row
 s*r - p + k - 1, its cell is s*r .. s*r + s - 1, so before = p and after = k - 1 - p - (s - 1) = k - p - s; it has
 (n + 2p - k) // s + 1 = (n + before - after) // s output rows for n input rows.
 
-Flags: `pointwise` (element-wise: rows map 1:1 and nothing is read around them), `global_stats` (needs statistics
-of the whole image: taef2's GroupNorm branch), `stateful` (carries state across video frames).
+Time (video layers, `tinyae.video`): `t_down` input frames per output frame (TPool), `t_up` output frames per input
+frame (TGrow). Flags: `pointwise` (element-wise: rows map 1:1 and nothing is read around them), `global_stats`
+(needs statistics of the whole image: taef2's GroupNorm branch), `stateful` (also reads its own input at the
+previous frame: the video MemBlocks).
 
 Readers: the row-band streaming executor (`tinyae.tiling`) and its fast form (`tinyae.fast_stream`), the strip
 planner of `optimize()` (`tinyae.runtime`), receptive-field computation, and the generated layer lists in
@@ -31,6 +33,8 @@ class Geometry:
     down: int = 1
     before: int = 0
     after: int = 0
+    t_down: int = 1
+    t_up: int = 1
     pointwise: bool = False
     global_stats: bool = False
     stateful: bool = False

@@ -37,11 +37,11 @@ def run_parallel(layers: nn.Sequential, x: torch.Tensor, crops: Crops = None) ->
     h = x.flatten(0, 1)
     for i, layer in enumerate(layers):
         g = geometry(layer)
-        if g.memory:
+        if g.stateful:
             h = _crop(layer(h, _previous(h, n)), crops, i)
             continue
-        if g.t_stride > 1 and (h.shape[0] // n) % g.t_stride:
-            raise ValueError(f"{type(layer).__name__} pools {g.t_stride} frames; got {h.shape[0] // n}, "
+        if g.t_down > 1 and (h.shape[0] // n) % g.t_down:
+            raise ValueError(f"{type(layer).__name__} pools {g.t_down} frames; got {h.shape[0] // n}, "
                              "not a multiple (pad the input first)")
         h = _crop(layer(h), crops, i)
     return h.view(n, -1, *h.shape[1:])
@@ -67,7 +67,7 @@ class FrameStream:
     @property
     def memory_layers(self) -> list[int]:
         """Indices of the layers that read their own previous input (the temporal state)."""
-        return [i for i, g in enumerate(self.geometries) if g.memory]
+        return [i for i, g in enumerate(self.geometries) if g.stateful]
 
     def get_state(self) -> list[torch.Tensor | None]:
         """Each memory layer's input at the previous frame (None before the first frame), in layer order."""
@@ -91,19 +91,19 @@ class FrameStream:
     def _run(self, start: int, x: torch.Tensor) -> list[torch.Tensor]:
         for i in range(start, len(self.layers)):
             layer, g = self.layers[i], self.geometries[i]
-            if g.memory:
+            if g.stateful:
                 past = self._past.get(i)
                 x, self._past[i] = _crop(layer(x, torch.zeros_like(x) if past is None else past), self.crops, i), x
-            elif g.t_stride > 1:
+            elif g.t_down > 1:
                 group = self._gathered.setdefault(i, [])
                 group.append(x)
-                if len(group) < g.t_stride:
+                if len(group) < g.t_down:
                     return []
                 self._gathered[i] = []
                 x = _crop(layer(torch.stack(group, 1).flatten(0, 1)), self.crops, i)
-            elif g.t_scale > 1:
-                y = _crop(layer(x), self.crops, i).view(x.shape[0], g.t_scale, -1, *x.shape[2:])
-                return [out for k in range(g.t_scale) for out in self._run(i + 1, y[:, k])]
+            elif g.t_up > 1:
+                y = _crop(layer(x), self.crops, i).view(x.shape[0], g.t_up, -1, *x.shape[2:])
+                return [out for k in range(g.t_up) for out in self._run(i + 1, y[:, k])]
             else:
                 x = _crop(layer(x), self.crops, i)
         return [x]

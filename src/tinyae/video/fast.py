@@ -29,7 +29,7 @@ def _cl(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
 class Cast(nn.Module):
     """Back to float32 at the end of a lower-precision list (pointwise)."""
 
-    geometry = Geometry()
+    geometry = Geometry(pointwise=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.float()

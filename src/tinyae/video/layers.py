@@ -4,37 +4,28 @@ Conventions of the original: frames are NTCHW in [0, 1]; inside the networks a t
 ((N*T, C, H, W)), and each layer's `Geometry` says how it treats time and space, so that every executor (parallel
 over time, frame-by-frame streaming; tinyae.video.execute) reads the same declaration instead of type-switching:
 
-- `t_stride`: input frames per output frame (TPool: 2 or 1); `t_scale`: output frames per input frame (TGrow);
-- `s_down` / `s_up`: spatial stride / upscale; `halo`: rows of context each side the layer reads (in its input);
-- `memory`: the layer also reads its own input at the previous frame (zeros at the first frame).
+- `t_down`: input frames per output frame (TPool: 2 or 1); `t_up`: output frames per input frame (TGrow);
+- `down` / `up`: spatial stride / upscale; `halo`: rows of context each side the layer reads (in its input);
+- `stateful`: the layer also reads its own input at the previous frame (zeros at the first frame).
+
+`Geometry` is tinyae's one layer declaration (`tinyae.layers`, shared with the image networks); torch's own layers
+(convolutions, upsampling, pixel shuffle, activations, Clamp) are declared there.
 
 Key layout is the original single file's: `encoder.N.*`, `decoder.N.*` (nn.Sequential indices).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn as nn
 
+from .. import layers as _layers
 from ..blocks import Clamp, conv
+from ..layers import Geometry
 
 ENCODER_WIDTH = 64
 DECODER_WIDTHS = (256, 128, 64, 64)
 SUPER_DECODER_WIDTHS = (512, 256, 128, 64)
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """How one layer maps frames in time and rows in space (see the module docstring)."""
-
-    t_stride: int = 1
-    t_scale: int = 1
-    s_down: int = 1
-    s_up: int = 1
-    halo: int = 0
-    memory: bool = False
 
 
 class MemBlock(nn.Module):
@@ -46,7 +37,7 @@ class MemBlock(nn.Module):
         self.skip = nn.Conv2d(n_in, n_out, 1, bias=False) if n_in != n_out else nn.Identity()
         self.act = nn.ReLU()
 
-    geometry = Geometry(halo=3, memory=True)  # three 3x3 convs
+    geometry = Geometry(before=3, after=3, stateful=True)  # three 3x3 convs
 
     def forward(self, x: torch.Tensor, past: torch.Tensor) -> torch.Tensor:
         return self.act(self.conv(torch.cat([x, past], 1)) + self.skip(x))
@@ -60,7 +51,7 @@ class SuperMemBlock(nn.Module):
         self.conv = nn.Sequential(nn.Conv2d(n * 2, n * 2, 7, padding=3, groups=n * 2, bias=False),
                                   nn.Conv2d(n * 2, n * 4, 1), nn.ReLU(), nn.Conv2d(n * 4, n, 1, bias=False))
 
-    geometry = Geometry(halo=3, memory=True)  # one 7x7 conv
+    geometry = Geometry(before=3, after=3, stateful=True)  # one 7x7 conv
 
     def forward(self, x: torch.Tensor, past: torch.Tensor) -> torch.Tensor:
         return self.conv(torch.cat([x, past], 1)) + x
@@ -76,7 +67,7 @@ class TPool(nn.Module):
 
     @property
     def geometry(self) -> Geometry:
-        return Geometry(t_stride=self.stride)
+        return Geometry(t_down=self.stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N*T, C, H, W) with T a multiple of stride -> (N*T/stride, C, H, W)."""
@@ -94,7 +85,7 @@ class TGrow(nn.Module):
 
     @property
     def geometry(self) -> Geometry:
-        return Geometry(t_scale=self.stride)
+        return Geometry(t_up=self.stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N*T, C, H, W) -> (N*T*stride, C, H, W)."""
@@ -107,15 +98,8 @@ def geometry(layer: nn.Module) -> Geometry:
     own = getattr(layer, "geometry", None)
     if isinstance(own, Geometry):
         return own
-    if isinstance(layer, nn.Conv2d):
-        return Geometry(s_down=layer.stride[0], halo=layer.dilation[0] * (layer.kernel_size[0] - 1) // 2)
-    if isinstance(layer, nn.Upsample):
-        return Geometry(s_up=int(layer.scale_factor))
-    if isinstance(layer, nn.PixelShuffle):
-        return Geometry(s_up=layer.upscale_factor)
-    if isinstance(layer, (nn.ReLU, Clamp, nn.Identity)):
-        return Geometry()
-    raise TypeError(f"no geometry declared for {type(layer).__name__}")
+    return _layers.geometry(layer)
+
 
 
 def _flag(on: bool) -> int:
@@ -176,7 +160,7 @@ def time_factor(layers: nn.Sequential) -> int:
     f = 1
     for layer in layers:
         g = geometry(layer)
-        f *= g.t_stride * g.t_scale
+        f *= g.t_down * g.t_up
     return f
 
 
@@ -185,5 +169,5 @@ def space_factor(layers: nn.Sequential) -> int:
     f = 1
     for layer in layers:
         g = geometry(layer)
-        f *= g.s_down * g.s_up
+        f *= g.down * g.up
     return f

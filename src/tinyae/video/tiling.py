@@ -34,7 +34,7 @@ def row_sizes(layers: nn.Sequential, rows: int) -> list[int]:
     sizes = [rows]
     for layer in layers:
         g = geometry(layer)
-        rows = -(-rows // g.s_down) * g.s_up
+        rows = -(-rows // g.down) * g.up
         sizes.append(rows)
     return sizes
 
@@ -51,11 +51,11 @@ def plan_bands(layers: nn.Sequential, rows: int, band: int) -> list[Band]:
         crops: list[tuple[int, int]] = []
         for i in range(len(geoms) - 1, -1, -1):
             g, n = geoms[i], sizes[i]
-            if g.s_up > 1:
-                lo, hi = a // g.s_up, (b - 1) // g.s_up + 1
-                origin = lo * g.s_up
+            if g.up > 1:
+                lo, hi = a // g.up, (b - 1) // g.up + 1
+                origin = lo * g.up
             else:
-                s = g.s_down
+                s = g.down
                 lo = max(0, (s * a - g.halo) // s * s)
                 hi = min(n, s * (b - 1) + g.halo + 1)
                 origin = lo // s
