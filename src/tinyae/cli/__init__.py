@@ -21,7 +21,7 @@ from .decode import cmd_decode
 from .encode import cmd_encode
 from .info import cmd_info
 from .models import (  # noqa: F401
-    PRECISION_CHOICES, Runner, _resolve_device, _resolve_dtype, default_model, identify_variant, load_model,
+    PRECISION_CHOICES, Runner, _optimized, _resolve_device, _resolve_dtype, default_model, identify_variant, load_model,
     model_fingerprint, model_source, prepare_runner, resolve_files)
 from .roundtrip import cmd_roundtrip
 from .runner import (  # noqa: F401

@@ -20,8 +20,6 @@ atomically, so every row is there exactly once. docs/dataset.md says why Ray's `
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -117,11 +115,6 @@ def _waves(work: Sequence[tuple[int, list[Item]]], size: int) -> list[Sequence[t
 def run_on_ray(out: Path, source: Source, spec: JobSpec, pre: Preprocess, model: Any, optimize: bool,
                work: Sequence[tuple[int, list[Item]]], *, batch_size: int, threads: int, address: str | None,
                workers: int, num_gpus: float, on_progress: Callable[[int], None] | None) -> None:
-    if address is None and "ray" not in sys.modules:
-        # an embedded single-node Ray of this process only: keep it on the loopback interface (Ray otherwise binds
-        # to, and resolves 127.0.0.1 to, the machine's network address; read when ray is imported). A multi-node
-        # cluster (--address) needs that address, and is untouched.
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
         import ray
     except ImportError:
