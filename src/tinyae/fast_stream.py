@@ -66,6 +66,7 @@ class _Segment:
         self.start = self.received = self.next_out = 0
         self.min_rows = 1
         self.cap = self.n_out
+        self.pending: list[torch.Tensor] = []  # a pointwise segment's inputs not yet passed on
 
     @property
     def done(self) -> bool:
@@ -99,12 +100,23 @@ class _Segment:
                 x = op(x)
         return x
 
-    def push(self, x: torch.Tensor | None, final: bool) -> torch.Tensor | None:
+    def take(self, x: torch.Tensor | None) -> None:
+        """The next input rows (None: nothing new)."""
+        if x is None:
+            return
         if self.pointwise:
-            self.next_out += 0 if x is None else x.shape[2]
-            return None if x is None else self._call(x.contiguous(memory_format=_CL), True, True)
-        if x is not None:
+            self.pending.append(x)
+        else:
             self._append(x)
+
+    def produce(self, final: bool) -> torch.Tensor | None:
+        """The next chunk of output rows, or None when none is computable yet. `final`: the input is complete."""
+        if self.pointwise:
+            if not self.pending:
+                return None
+            x = self.pending.pop(0)
+            self.next_out += x.shape[2]
+            return self._call(x.contiguous(memory_format=_CL), True, True)
         end = min(self._computable(), self.next_out + self.cap)
         if end <= self.next_out or (end - self.next_out < self.min_rows and end < self.n_out and not final):
             return None
@@ -169,11 +181,20 @@ class _Chain:
     def done(self) -> bool:
         return all(s.done for s in self.streams)
 
-    def push(self, x: torch.Tensor | None, final: bool) -> torch.Tensor | None:
-        for s in self.streams:
-            x = s.push(x, final)
-            final = final and s.done
-        return x
+    def feed(self, x: torch.Tensor | None, final: bool, i: int = 0) -> Iterator[torch.Tensor]:
+        """Give segment i its next input rows (`final`: its input is complete) and yield the chain's output rows.
+        Depth first: every chunk a segment makes goes all the way down before the segment makes the next, so each
+        level holds about one chunk plus its context, whatever the order the levels could compute in."""
+        if i == len(self.streams):
+            if x is not None:
+                yield x
+            return
+        s = self.streams[i]
+        s.take(x)
+        while (y := s.produce(final)) is not None:
+            yield from self.feed(y, final and s.done, i + 1)
+        if final and s.done:
+            yield from self.feed(None, True, i + 1)  # the levels below flush what they still hold
 
     def set_cap(self, fraction: float) -> None:
         for s in self.streams:
@@ -189,8 +210,19 @@ def _channels(op: nn.Module) -> int:
     return w.shape[0] if w is not None else 64
 
 
-def _collect(bands: Iterable[torch.Tensor], rows: int) -> torch.Tensor:
-    return tiling._collect(bands, rows, _CL)
+def _run(chain: _Chain, bands: Iterable[torch.Tensor], fraction: float) -> Iterator[torch.Tensor]:
+    """Push the input bands (each about `fraction` of the input's rows) through `chain`; yield its output bands."""
+    chain.set_cap(fraction)
+    for band in bands:
+        yield from chain.feed(band, False)
+    yield from chain.feed(None, True)
+    if not chain.done:  # a bug, never a user error
+        raise RuntimeError("internal error: the streamed run ended with rows in flight")
+
+
+def _collect(bands: Iterable[torch.Tensor], rows: int,
+             memory_format: torch.memory_format = _CL) -> torch.Tensor:
+    return tiling._collect(bands, rows, memory_format)
 
 
 def _gn_stats(ops: list[nn.Module], x: torch.Tensor, rows: int) -> Stats:
@@ -205,7 +237,7 @@ def _gn_stats(ops: list[nn.Module], x: torch.Tensor, rows: int) -> Stats:
         s2 = torch.zeros_like(s1)
         count = 0
         chain = _Chain(ops[:j], x.shape[2], stats, x.shape[3])
-        for band in tiling._run(chain, x.split(rows, dim=2), rows / x.shape[2]):
+        for band in _run(chain, x.split(rows, dim=2), rows / x.shape[2]):
             h = op.pool_in(band.contiguous(memory_format=_CL)).double()
             s1 += h.sum((2, 3))
             s2 += h.square().sum((2, 3))
@@ -229,21 +261,21 @@ def stream_apply(net: FastNet, bands: Iterable[torch.Tensor], height: int, width
         head = _Chain(ops[:cut], height, {}, width)
         prepared = (prepare(b) for b in bands)
         if cut == len(ops):
-            yield from tiling._run(head, prepared, fraction)
+            yield from _run(head, prepared, fraction)
             return
-        mid = _collect(tiling._run(head, prepared, fraction), head.n_out) if cut else \
+        mid = _collect(_run(head, prepared, fraction), head.n_out) if cut else \
             _collect(prepared, height).contiguous(memory_format=_CL)
         rows = max(1, math.ceil(fraction * mid.shape[2]))
         stats = _gn_stats(ops[cut:], mid, rows)
         tail = _Chain(ops[cut:], mid.shape[2], stats, mid.shape[3])
-        yield from tiling._run(tail, mid.split(rows, dim=2), rows / mid.shape[2])
+        yield from _run(tail, mid.split(rows, dim=2), rows / mid.shape[2])
 
 
 def tiled_apply(net: FastNet, x: torch.Tensor, band_rows: int) -> torch.Tensor:
     """Exact banded equivalent of `net(x)` (up to the kernels' rounding), x (B, C, H, W) in the net's dtype."""
     n_out = height_out(net, x.shape[2])
-    return _collect(stream_apply(net, x.split(band_rows, dim=2), x.shape[2], x.shape[3], band_rows), n_out) \
-        .contiguous()
+    return _collect(stream_apply(net, x.split(band_rows, dim=2), x.shape[2], x.shape[3], band_rows), n_out,
+                    torch.contiguous_format)
 
 
 def height_out(net: FastNet, height: int) -> int:
