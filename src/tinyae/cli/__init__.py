@@ -15,7 +15,7 @@ from typing import Sequence
 
 from .common import (  # noqa: F401 (re-exported: the forwarded commands and users import them from here)
     DEFAULT_MAX_PIXELS, DEFAULT_MODEL, IMAGE_FORMATS, LATENT_FORMATS, MODEL_ENV, PIL_FORMATS, CliError, _kb, _on_sigterm,
-    _one_line, _positive)
+    _one_line, _positive, run_guarded)
 from .convert import cmd_convert
 from .decode import cmd_decode
 from .encode import cmd_encode
@@ -195,15 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError:  # not the main thread
         pass
     try:
-        return args.run(args)
-    except KeyboardInterrupt:
-        print("tinyae: interrupted; outputs written so far are complete (rerun with --resume)", file=sys.stderr)
-        return 130
-    except Exception as e:
-        if args.debug:
-            raise
-        print(f"tinyae: error: {_one_line(e)}", file=sys.stderr)
-        return 1
+        return run_guarded(lambda: args.run(args), args.debug,
+                           "outputs written so far are complete (rerun with --resume)")
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import sys
+from typing import Any, Callable
 
 
 DEFAULT_MODEL = "taef2"
@@ -57,3 +58,18 @@ def _positive(text: str) -> int:
 
 def _on_sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt  # unwinds through atomic_write, which removes its temporary file
+
+
+def run_guarded(body: Callable[[], int], debug: bool, interrupted: str) -> int:
+    """A command's exit status: body()'s; 1 with one `tinyae: error: ...` line for an exception (the traceback
+    only with --debug); 130 with `tinyae: interrupted; <interrupted>` for Ctrl-C or SIGTERM."""
+    try:
+        return body()
+    except KeyboardInterrupt:
+        print(f"tinyae: interrupted; {interrupted}", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if debug:
+            raise
+        print(f"tinyae: error: {_one_line(e)}", file=sys.stderr)
+        return 1

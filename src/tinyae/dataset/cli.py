@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from ..cli import MODEL_ENV, Reporter, _one_line, _positive
+from ..cli import MODEL_ENV, Reporter, _positive, run_guarded
 
 ENCODE_EPILOG = """examples:
   tinyae encode-dataset photos/ -o latents/ --model taef2                  center crops of 512², Parquet shards
@@ -94,17 +93,8 @@ def _run(argv: list[str], build: Callable[[], argparse.ArgumentParser],
          body: Callable[[argparse.Namespace, Reporter], int]) -> int:
     args = build().parse_args(argv)
     rep = Reporter(args.json)
-    try:
-        return body(args, rep)
-    except KeyboardInterrupt:
-        print("tinyae: interrupted; finished shards are kept (run the same command again to resume)",
-              file=sys.stderr)
-        return 130
-    except Exception as e:
-        if args.debug:
-            raise
-        print(f"tinyae: error: {_one_line(e)}", file=sys.stderr)
-        return 1
+    return run_guarded(lambda: body(args, rep), args.debug,
+                       "finished shards are kept (run the same command again to resume)")
 
 
 def _encode(args: argparse.Namespace, rep: Reporter) -> int:

@@ -9,7 +9,6 @@ import argparse
 import os
 import shlex
 import signal
-import sys
 from .config import TrainConfig, parse_crop_schedule
 
 EPILOG = """examples:
@@ -138,23 +137,19 @@ def main(argv: list[str]) -> int:
         signal.signal(signal.SIGTERM, _on_sigterm)
     except ValueError:  # not the main thread
         pass
-    try:
+    def body() -> int:
+        nonlocal joined
         config = config_from_args(args, argv)
         joined = init_distributed(config.device)
         from . import train
 
         train(config, args.output, progress=not args.no_progress)
         return 0
-    except KeyboardInterrupt:
-        print("tinyae: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
-        return 130
-    except Exception as e:
-        if args.debug:
-            raise
-        from ..cli import _one_line
 
-        print(f"tinyae: error: {_one_line(e)}", file=sys.stderr)
-        return 1
+    from ..cli import run_guarded
+
+    try:
+        return run_guarded(body, args.debug, "rerun the same command to resume from the last checkpoint")
     finally:
         if joined:
             import torch.distributed as dist
