@@ -5,23 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
-from tinyae import AutoencoderTiny
-
-# 8 channels, 4 stages: a few hundred kB of random weights, milliseconds per image
-TINY = {"encoder_block_out_channels": (8, 8, 8, 8), "decoder_block_out_channels": (8, 8, 8, 8),
-        "latent_channels": 4}
-
-
-def tiny_model(seed: int = 0) -> AutoencoderTiny:
-    torch.manual_seed(seed)
-    model = AutoencoderTiny(**TINY)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.1)
-    return model.eval()
+from test_hub import tiny_model  # the 8-channel random model, shared with the hub tests
 
 
 def saved_model(folder: Path, seed: int = 0) -> Path:
