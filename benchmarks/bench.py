@@ -10,7 +10,7 @@ This script (not the installed package) knows where the repository's shared mate
 import sys
 from pathlib import Path
 
-from tinyae.bench import main
+from tinyae.cli.bench import main
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 

@@ -51,7 +51,7 @@ def encoder_alone(images: Path, model: str, size: int, batch: int) -> float:
     from tinyae.dataset import Preprocess
     from tinyae.dataset.encode import Encoder
     from tinyae.dataset.job import load_encoder_model
-    from tinyae.images import read_image
+    from tinyae.data.images import read_image
 
     net, _ = load_encoder_model(model)
     enc = Encoder(net)

@@ -43,7 +43,7 @@ def _rss_mb() -> float:
 def one(mode: str, size: int, weights: str, threads: int) -> dict:
     import torch
 
-    from tinyae.tiling import decode_to_png
+    from tinyae.engine.tiling import decode_to_png
 
     fast = _model(weights, threads).optimize()
     torch.manual_seed(0)
@@ -92,7 +92,7 @@ def cli_bench(args: argparse.Namespace) -> list[str]:
     import torch
     from PIL import Image
 
-    from tinyae.images import psnr
+    from tinyae.data.images import psnr
 
     model = f"{args.weights}/taef2_encoder.pth,{args.weights}/taef2_decoder.pth"
     photos = sorted(Path(args.photos).glob("*.png")) + sorted(Path(args.photos, "train").glob("*.png"))

@@ -24,7 +24,7 @@ from live_preview import SHARED, exact_velocity, tiny_flux2_pipeline  # noqa: E4
 
 from tinyae import AutoencoderTiny  # noqa: E402
 from tinyae.diffusers import LivePreview, set_vae  # noqa: E402
-from tinyae.latents import pack_flux2  # noqa: E402
+from tinyae.data.latents import pack_flux2  # noqa: E402
 
 
 def sync(device: str) -> None:

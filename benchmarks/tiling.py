@@ -23,8 +23,8 @@ def _one(mode: str, size: int, channels: int, threads: int) -> dict:
     import torch
 
     from tinyae import AutoencoderTiny
-    from tinyae.tiling import decode_to_png
-    from tinyae.variants import variant_config
+    from tinyae.engine.tiling import decode_to_png
+    from tinyae.nets.variants import variant_config
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

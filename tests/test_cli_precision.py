@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from tinyae import load_latents
-from tinyae.images import psnr
-from tinyae.runtime import OptimizedAutoencoderTiny, explain_precision
+from tinyae.data.images import psnr
+from tinyae.engine.runtime import OptimizedAutoencoderTiny, explain_precision
 
 from conftest import IMAGES, TAEF2
 from test_cli import run_cli
@@ -81,7 +81,7 @@ def test_live_preview_decodes_with_an_optimized_copy(taef2):
     if explain_precision("cpu")[0] != "exact":
         assert isinstance(preview.model, OptimizedAutoencoderTiny) and preview.source_model is taef2
     assert LivePreview(taef2, optimize=False).model is taef2
-    from tinyae.latents import pack_flux2
+    from tinyae.data.latents import pack_flux2
 
     z = pack_flux2(torch.randn(1, 32, 16, 16))  # the pipeline tokens
     frame = preview.decode(z)

@@ -11,7 +11,7 @@ from PIL import Image
 
 import tinyae
 from tinyae.diffusers import AutoencoderTiny, LivePreview, check_vae, pipeline_family, set_vae
-from tinyae.latents import patchify_flux2, unpack_flux2
+from tinyae.data.latents import patchify_flux2, unpack_flux2
 
 from tiny_pipelines import FAMILIES, SIZE, build, random_tae, uses_image_argument
 

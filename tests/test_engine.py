@@ -11,11 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from tinyae import AutoencoderTiny, fast_stream
-from tinyae.blocks import Block
-from tinyae.layers import geometry
-from tinyae.runtime import FastBlock, FastConv, FastStem, FastUpsampleConv
-from tinyae.tiling import decode_to_png, encode_png, to_uint8
+from tinyae import AutoencoderTiny
+from tinyae.engine import fast_stream
+from tinyae.nets.blocks import Block
+from tinyae.nets.layers import geometry
+from tinyae.engine.runtime import FastBlock, FastConv, FastStem, FastUpsampleConv
+from tinyae.engine.tiling import decode_to_png, encode_png, to_uint8
 
 PRECISIONS = ["fp32"] + (["bf16"] if torch.ops.mkldnn._is_mkldnn_bf16_supported() else [])
 

@@ -13,8 +13,8 @@ from safetensors.torch import save_file
 
 from conftest import TAEF2, WEIGHTS
 from tinyae import AutoencoderTiny, MissingPartError, WeightsError
-from tinyae.model import all_finite
-from tinyae.weights import to_original_keys
+from tinyae.nets.model import all_finite
+from tinyae.io.weights import to_original_keys
 
 
 @pytest.fixture(scope="module")

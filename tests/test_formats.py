@@ -8,8 +8,8 @@ from safetensors.torch import load_file, save_file
 
 from conftest import TAEF2
 from tinyae import AutoencoderTiny, WeightsError
-from tinyae.variants import VARIANTS, variant_config
-from tinyae.weights import save_comfyui, to_original_keys
+from tinyae.nets.variants import VARIANTS, variant_config
+from tinyae.io.weights import save_comfyui, to_original_keys
 
 
 def _same(a: AutoencoderTiny, b: AutoencoderTiny) -> bool:
@@ -89,7 +89,7 @@ def test_writes_are_atomic(ref, tmp_path, monkeypatch):
     """A failing write leaves the previous file untouched and no temporary files behind."""
     ref.save_original(tmp_path, "taef2")
     before = (tmp_path / "taef2_encoder.safetensors").read_bytes()
-    import tinyae.weights as w
+    import tinyae.io.weights as w
 
     def boom(*a, **k):
         raise OSError("disk full")

@@ -24,9 +24,9 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from tinyae import AutoencoderTiny, WeightsError, cli
-from tinyae.codec import LatentFileError, load_latents, save_latents
-from tinyae.images import ImageError, read_source
-from tinyae.variants import VARIANTS
+from tinyae.data.codec import LatentFileError, load_latents, save_latents
+from tinyae.data.images import ImageError, read_source
+from tinyae.nets.variants import VARIANTS
 
 from reliability_helpers import hidden, tiny_model
 

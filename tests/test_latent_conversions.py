@@ -8,9 +8,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tinyae.latents import (from_vae_latents, pack_flux, pack_flux2, patchify_flux2, to_vae_latents, unpack_flux,
+from tinyae.data.latents import (from_vae_latents, pack_flux, pack_flux2, patchify_flux2, to_vae_latents, unpack_flux,
                             unpack_flux2, unpatchify_flux2)
-from tinyae.variants import FAMILIES
+from tinyae.nets.variants import FAMILIES
 
 Flux = diffusers.FluxPipeline
 Flux2 = diffusers.Flux2KleinPipeline

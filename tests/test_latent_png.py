@@ -14,7 +14,7 @@ from PIL import Image, PngImagePlugin
 
 import tinyae
 from tinyae import cli
-from tinyae.codec import LatentFileError, load_latents, read_metadata, save_latents
+from tinyae.data.codec import LatentFileError, load_latents, read_metadata, save_latents
 
 CHANNELS = [4, 16, 32, 64, 128]
 

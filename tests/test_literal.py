@@ -8,8 +8,8 @@ import pytest
 import torch.nn as nn
 
 from tinyae import AutoencoderTiny
-from tinyae.literal import BEGIN, END, literal, variants_section
-from tinyae.variants import VARIANTS, variant_config
+from tinyae.nets.literal import BEGIN, END, literal, variants_section
+from tinyae.nets.variants import VARIANTS, variant_config
 
 from conftest import ROOT
 

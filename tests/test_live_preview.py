@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from PIL import Image, features
 
 from tinyae.diffusers import AutoencoderTiny, LivePreview, make_contact_sheet, x0_from_two
-from tinyae.latents import pack_flux, pack_flux2
+from tinyae.data.latents import pack_flux, pack_flux2
 
 from conftest import psnr
 from tiny_pipelines import FAMILIES, LATENT_CHANNELS, SIZE, build, install_exact_denoiser, random_tae

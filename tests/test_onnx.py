@@ -11,9 +11,9 @@ import torch
 
 from conftest import PHOTOS, TAEF2, load_photo
 from tinyae import AutoencoderTiny, MissingPartError
-from tinyae.bench import format_markdown, run_bench
-from tinyae.runtime import ONNX_FILES, export_onnx, export_onnx_main, load_backend
-from tinyae.variants import variant_config
+from tinyae.cli.bench import format_markdown, run_bench
+from tinyae.engine.runtime import ONNX_FILES, export_onnx, export_onnx_main, load_backend
+from tinyae.nets.variants import variant_config
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from tinyae import AutoencoderTiny
-from tinyae.runtime import load_backend
-from tinyae.variants import variant_config
+from tinyae.engine.runtime import load_backend
+from tinyae.nets.variants import variant_config
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,8 @@ from safetensors.torch import save_file
 
 import tinyae
 from tinyae import AutoencoderTiny, WeightsError, cli
-from tinyae.codec import LatentFileError, load_latents, save_latents
-from tinyae.images import decode_latents, read_image, to_source
+from tinyae.data.codec import LatentFileError, load_latents, save_latents
+from tinyae.data.images import decode_latents, read_image, to_source
 
 from reliability_helpers import saved_model, tiny_images, tiny_model
 from test_hub import assert_cache_trustworthy, diffusers_files, hub, offline, same_weights  # noqa: F401
@@ -321,7 +321,7 @@ def _dead_pid() -> int:
 
 
 def _temp_of(output, pid: int):
-    from tinyae.weights import _owner_tag
+    from tinyae.io.weights import _owner_tag
 
     host = _owner_tag().rsplit("-", 1)[0]
     return output.parent / f".{output.name}.{host}-{pid}.abc123.tmp"
@@ -350,7 +350,7 @@ def test_d7_an_invalid_model_changes_nothing_on_disk(tmp_path, capsys):
 
 
 def test_d7_temporary_files_are_owned_and_fsynced_before_the_rename(tmp_path, monkeypatch):
-    from tinyae.weights import atomic_write
+    from tinyae.io.weights import atomic_write
 
     events = []
     real_fsync, real_replace = os.fsync, os.replace

@@ -12,11 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import PHOTOS, load_photo, psnr
-from tinyae import AutoencoderTiny, runtime
-from tinyae.blocks import Block
-from tinyae.runtime import (FastBlock, FastUpsampleConv, OptimizedAutoencoderTiny, cpu_has_fast_bf16, optimize,
+from tinyae import AutoencoderTiny
+from tinyae.engine import runtime
+from tinyae.nets.blocks import Block
+from tinyae.engine.runtime import (FastBlock, FastUpsampleConv, OptimizedAutoencoderTiny, cpu_has_fast_bf16, optimize,
                             resolve_precision, upsample_deconv_weights)
-from tinyae.variants import variant_config
+from tinyae.nets.variants import variant_config
 
 MODES = ["fp32", "bf16"] + (["fp16"] if torch.ops.mkldnn._is_mkldnn_fp16_supported() else [])
 

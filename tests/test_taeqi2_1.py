@@ -9,11 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference import decoder_16x, encoder_16x, random_f16
 
-from tinyae import AutoencoderTiny, fast_stream, latents, tiling
-from tinyae.config import TinyConfig
-from tinyae.runtime import export_onnx, load_backend
-from tinyae.variants import FAMILIES, get_variant, variant_config
-from tinyae.weights import WeightsError, infer_config, save_comfyui, to_diffusers_keys
+from tinyae import AutoencoderTiny
+from tinyae.data import latents
+from tinyae.engine import fast_stream, tiling
+from tinyae.nets.config import TinyConfig
+from tinyae.engine.runtime import export_onnx, load_backend
+from tinyae.nets.variants import FAMILIES, get_variant, variant_config
+from tinyae.io.weights import WeightsError, infer_config, save_comfyui, to_diffusers_keys
 
 # a narrow F16 (same layer list, fewer channels) for the slow executors; the full-width one for parity and formats
 SMALL = {"encoder_block_out_channels": (8, 8, 16, 16), "decoder_block_out_channels": (16, 16, 8, 8),
@@ -212,7 +214,7 @@ def _rgba_image(w=40, h=24):
 
 
 def test_rgba_models_encode_alpha_and_accept_rgb():
-    from tinyae.images import decode_latents, encode_images
+    from tinyae.data.images import decode_latents, encode_images
 
     m = _small()
     rgba, rgb = _rgba_image(), _rgba_image().convert("RGB")
@@ -228,7 +230,7 @@ def test_rgba_models_encode_alpha_and_accept_rgb():
 
 
 def test_rgb_models_keep_alpha_aside():
-    from tinyae.images import decode_latents, encode_images
+    from tinyae.data.images import decode_latents, encode_images
 
     m = _small(3)
     im = _rgba_image()

@@ -12,8 +12,9 @@ from PIL import Image
 from reference import random_f16
 from test_taeqi2_1 import _small
 
-from tinyae import cli, tiling
-from tinyae.images import EncodedImage, decode_latents, encode_images
+from tinyae import cli
+from tinyae.engine import tiling
+from tinyae.data.images import EncodedImage, decode_latents, encode_images
 
 MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 
@@ -136,7 +137,7 @@ def test_wrong_family_is_refused():
 
 def test_live_preview_unpacks_qwen_image_tokens():
     from tinyae.diffusers import LivePreview
-    from tinyae.latents import pack_tokens
+    from tinyae.data.latents import pack_tokens
 
     m = _small(latent_channels=64)
     z = torch.randn(1, 64, 3, 2)
@@ -185,7 +186,7 @@ def test_set_vae_and_live_preview_in_the_qwen_image_21_pipeline():
     from tiny_pipelines import random_tae
 
     from tinyae.diffusers import LivePreview, set_vae
-    from tinyae.latents import unpack_tokens
+    from tinyae.data.latents import unpack_tokens
 
     pipe = _tiny_qwen_image_21_pipeline()
     with pytest.raises(ValueError, match="has 16 latent channels but QwenImage21Pipeline needs 64 .*taeqi2_1"):

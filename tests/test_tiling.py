@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 
 from conftest import IMAGES, PHOTOS, TAESANA_ENCODER, load_photo
 from tinyae import AutoencoderTiny
-from tinyae.blocks import Block
-from tinyae.tiling import (DEFAULT_BAND_PIXELS, decode_bands, decode_to_png, encode_bands, encode_png,
+from tinyae.nets.blocks import Block
+from tinyae.engine.tiling import (DEFAULT_BAND_PIXELS, decode_bands, decode_to_png, encode_bands, encode_png,
                            receptive_field, to_uint8)
-from tinyae.variants import variant_config
+from tinyae.nets.variants import variant_config
 
 REAL_TOL = 1e-4  # float32, real weights
 RANDOM_TOL = 1e-5  # float32, small random-weight models

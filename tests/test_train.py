@@ -257,8 +257,8 @@ def test_diffusers_teacher_classes(tmp_path):
     """FLUX.2 (batch norm + patchify, as tinyae.latents), Sana DC-AE and Qwen-Image teachers load by class name."""
     import diffusers
 
-    from tinyae.latents import from_vae_latents
-    from tinyae.variants import FAMILIES
+    from tinyae.data.latents import from_vae_latents
+    from tinyae.nets.variants import FAMILIES
 
     torch.manual_seed(0)
     flux2 = diffusers.AutoencoderKLFlux2(down_block_types=("DownEncoderBlock2D",) * 4,

@@ -8,7 +8,7 @@ import torch
 
 import reference_video as ref
 from tinyae import AutoencoderTinyVideo, WeightsError
-from tinyae.model import MissingPartError
+from tinyae.nets.model import MissingPartError
 from tinyae.video import VIDEO_VARIANTS, StreamingDecoder, StreamingEncoder, VideoConfig
 from tinyae.video.execute import FrameStream
 from tinyae.video.weights import infer_config

@@ -2,15 +2,19 @@
 
 __version__ = "0.1.0"
 
-from .config import TinyConfig
-from .latents import scale_latents, unscale_latents
-from .model import AutoencoderTiny, AutoencoderTinyOutput, DecoderOutput, MissingPartError
-from .variants import VARIANTS, get_variant
-from .weights import WeightsError
+from . import _compat
+
+_compat.install()  # tinyae.tiling, tinyae.fast_stream: see tinyae._compat
+
+from .nets.config import TinyConfig
+from .data.latents import scale_latents, unscale_latents
+from .nets.model import AutoencoderTiny, AutoencoderTinyOutput, DecoderOutput, MissingPartError
+from .nets.variants import VARIANTS, get_variant
+from .io.weights import WeightsError
 
 # Image and latent I/O (tinyae.images, tinyae.codec)
-from .codec import load_latents, save_latents
-from .images import EncodedImage, ImageError, decode_latents, encode_images
+from .data.codec import load_latents, save_latents
+from .data.images import EncodedImage, ImageError, decode_latents, encode_images
 
 # Video (tinyae.video)
 from .video import AutoencoderTinyVideo

@@ -27,7 +27,7 @@ from .roundtrip import cmd_roundtrip
 from .runner import (  # noqa: F401
     Job, Reporter, check_output_folder, collect, finish, handle_existing, plan_outputs, save_image)
 
-FORWARDED = {"bench": ("tinyae.bench", "main"), "export-onnx": ("tinyae.runtime", "export_onnx_main"),
+FORWARDED = {"bench": ("tinyae.cli.bench", "main"), "export-onnx": ("tinyae.engine.runtime", "export_onnx_main"),
              "encode-dataset": ("tinyae.dataset.cli", "main"), "decode-dataset": ("tinyae.dataset.cli", "decode_main"),
              "train": ("tinyae.train.cli", "main"), "eval": ("tinyae.train.evaluate", "main")}
 

@@ -28,9 +28,9 @@ def _latent_stem(p: Path) -> str:
 def cmd_decode(args: argparse.Namespace) -> int:
     if (rc := _video("decode", args)) is not None:
         return rc
-    from ..codec import load_latents, read_metadata
-    from ..images import check_channels, check_pixels, decode_latents
-    from ..variants import get_variant, is_variant
+    from ..data.codec import load_latents, read_metadata
+    from ..data.images import check_channels, check_pixels, decode_latents
+    from ..nets.variants import get_variant, is_variant
 
     rep, started = Reporter(args.json), time.perf_counter()
     if args.stream and args.format != "png":
@@ -120,7 +120,7 @@ def _split_batch(j: Job) -> list[Job]:
 
 def _decode_streamed(model: Any, e: Any, j: Job) -> None:
     """Decode one latent file straight into a PNG, band by band (tinyae.tiling.decode_to_png)."""
-    from ..tiling import decode_to_png
+    from ..engine.tiling import decode_to_png
 
     if e.alpha is not None or e.grayscale:
         raise CliError("--stream writes the model's channels only (RGB, or RGBA for an RGBA model); this image had "

@@ -15,8 +15,8 @@ from .models import _video, default_model, prepare_runner
 def cmd_encode(args: argparse.Namespace) -> int:
     if (rc := _video("encode", args)) is not None:
         return rc
-    from ..codec import save_latents
-    from ..images import IMAGE_SUFFIXES, encode_images, read_source
+    from ..data.codec import save_latents
+    from ..data.images import IMAGE_SUFFIXES, encode_images, read_source
 
     rep, started = Reporter(args.json), time.perf_counter()
     suffix = LATENT_FORMATS[args.format]
@@ -62,8 +62,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 def _encode_streamed(model: Any, j: Job) -> Any:
     """Encode one PNG read in row bands (tinyae.tiling.encode_png); the same EncodedImage as encode_images."""
-    from ..images import EncodedImage
-    from ..tiling import encode_png
+    from ..data.images import EncodedImage
+    from ..engine.tiling import encode_png
 
     if j.input.suffix.lower() != ".png":
         raise ValueError(f"{j.input}: --stream reads PNG files only")

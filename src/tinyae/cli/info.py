@@ -15,7 +15,7 @@ from .convert import _source_dtype
 
 def _latent_info(path: Path) -> dict[str, Any] | None:
     """Latent-file facts, or None when `path` is not a latent file."""
-    from ..codec import LatentFileError, load_latents
+    from ..data.codec import LatentFileError, load_latents
 
     if not path.is_file() or not path.name.endswith((".safetensors", ".png")):
         return None
@@ -31,10 +31,10 @@ def _latent_info(path: Path) -> dict[str, Any] | None:
 def cmd_info(args: argparse.Namespace) -> int:
     if (rc := _video("info", args)) is not None:
         return rc
-    from ..config import UNCHECKED_BY_TENSORS
-    from ..model import AutoencoderTiny
-    from ..variants import VARIANTS, variant_config
-    from ..weights import WeightsError, identify, sha256_file
+    from ..nets.config import UNCHECKED_BY_TENSORS
+    from ..nets.model import AutoencoderTiny
+    from ..nets.variants import VARIANTS, variant_config
+    from ..io.weights import WeightsError, identify, sha256_file
 
     rep = Reporter(args.json)
     lat = _latent_info(Path(args.src)) if "," not in args.src else None
@@ -89,7 +89,7 @@ def _auto_precision() -> list[dict[str, str]]:
     """What --precision auto resolves to on each device of this machine, and why."""
     import torch
 
-    from ..runtime import explain_precision
+    from ..engine.runtime import explain_precision
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     return [dict(zip(("device", "precision", "why"), (d, *explain_precision(d)))) for d in devices]
@@ -97,8 +97,8 @@ def _auto_precision() -> list[dict[str, str]]:
 
 def _config_origin(source: Any, files: list[tuple[str, str | None]]) -> str:
     """Where a loaded model's non-tensor settings came from: a config.json, the variant registry, or defaults."""
-    from ..variants import is_variant
-    from ..weights import DIFFUSERS_WEIGHTS
+    from ..nets.variants import is_variant
+    from ..io.weights import DIFFUSERS_WEIGHTS
 
     if any(Path(p).name in DIFFUSERS_WEIGHTS for p, _ in files):
         return "config.json"

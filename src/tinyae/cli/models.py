@@ -27,8 +27,8 @@ def model_source(spec: str) -> Any:
 
 def resolve_files(source: Any) -> list[tuple[str, str | None]]:
     """The weight files (path, part) a source resolves to (hub sources through the local cache / download)."""
-    from .. import weights
-    from ..variants import get_variant, is_variant
+    from ..io import weights
+    from ..nets.variants import get_variant, is_variant
 
     if isinstance(source, tuple):
         return [(s, p) for s, p in zip(source, ("encoder", "decoder")) if s]
@@ -41,8 +41,8 @@ def resolve_files(source: Any) -> list[tuple[str, str | None]]:
 
 def identify_variant(source: Any, model: Any) -> str | None:
     """The variant a model is, when sure: its name, a released file's sha256, or a config only one variant has."""
-    from ..variants import VARIANTS, get_variant, is_variant, variant_config
-    from ..weights import identify
+    from ..nets.variants import VARIANTS, get_variant, is_variant, variant_config
+    from ..io.weights import identify
 
     if isinstance(source, str) and is_variant(source):
         return get_variant(source).name
@@ -60,8 +60,8 @@ def identify_variant(source: Any, model: Any) -> str | None:
 
 def _model_hint(spec: str, error: Exception) -> str:
     """A WeightsError message with the command-line way out (local weights, or a pair of files)."""
-    from ..variants import get_variant, is_variant
-    from ..weights import WeightsNotCachedError
+    from ..nets.variants import get_variant, is_variant
+    from ..io.weights import WeightsNotCachedError
 
     message = str(error)
     if "pass the files as a pair" in message:
@@ -81,8 +81,8 @@ def load_model(spec: str, device: str = "cpu", dtype: str = "float32") -> tuple[
     """(model, source) for a --model value; WeightsError / CliError with one-line messages."""
     import torch
 
-    from ..model import AutoencoderTiny
-    from ..weights import WeightsError
+    from ..nets.model import AutoencoderTiny
+    from ..io.weights import WeightsError
 
     source = model_source(spec)
     try:
@@ -129,7 +129,7 @@ PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16", "exact")
 def _optimized(model: Any, precision: str) -> tuple[Any, str]:
     """`model.optimize(precision)` for --precision, or the model itself for "exact" (or where optimize() cannot
     run and the user asked for "auto")."""
-    from ..runtime import explain_precision
+    from ..engine.runtime import explain_precision
 
     if precision == "exact":
         return model, "exact"
@@ -164,9 +164,9 @@ def prepare_runner(args: argparse.Namespace, spec: str, needs: Sequence[str]) ->
         raise CliError("--stream runs the torch model; it cannot be combined with --backend onnxruntime")
     if args.backend == "onnxruntime":
         try:
-            from ..runtime import load_backend
+            from ..engine.runtime import load_backend
         except ModuleNotFoundError as e:
-            if e.name in ("tinyae.runtime", "tinyae.runtime.load_backend"):
+            if e.name in ("tinyae.engine.runtime", "tinyae.engine.runtime.load_backend"):
                 raise CliError("--backend onnxruntime: this installation has no tinyae.runtime module") from None
             raise CliError(f"--backend onnxruntime: {_one_line(e)}; install it with pip install 'tinyae[onnx]'") \
                 from None

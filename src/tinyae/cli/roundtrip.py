@@ -20,8 +20,8 @@ def cmd_roundtrip(args: argparse.Namespace) -> int:
 
     from PIL import Image
 
-    from ..codec import encode_png_bytes, png_to_latents
-    from ..images import (IMAGE_SUFFIXES, EncodedImage, decode_latents, encode_images, psnr, read_image, read_source,
+    from ..data.codec import encode_png_bytes, png_to_latents
+    from ..data.images import (IMAGE_SUFFIXES, EncodedImage, decode_latents, encode_images, psnr, read_image, read_source,
                          ssim)
 
     rep, started = Reporter(args.json), time.perf_counter()

@@ -42,11 +42,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .blocks import Block
-from .layers import geometry, needed, out_rows, upsample_params
+from ..nets.blocks import Block
+from ..nets.layers import geometry, needed, out_rows, upsample_params
 
 if TYPE_CHECKING:
-    from .model import AutoencoderTiny
+    from ..nets.model import AutoencoderTiny
 
 DEFAULT_BAND_PIXELS = 2 ** 16
 OPTIONS = ("band_rows", "band_pixels")
@@ -561,7 +561,7 @@ def decode_to_png(model: "AutoencoderTiny", latents: torch.Tensor, path: str | o
     """
     import png
 
-    from .weights import atomic_write
+    from ..io.weights import atomic_write
 
     if isinstance(latents, torch.Tensor) and latents.dim() == 4 and latents.shape[0] != 1:
         raise ValueError(f"a PNG holds one image: latents must have batch size 1, got shape {tuple(latents.shape)}")

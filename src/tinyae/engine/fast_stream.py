@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 
 from . import tiling
-from .layers import Geometry, geometry
+from ..nets.layers import Geometry, geometry
 from .runtime import FastBlock, FastNet, FastStem
 
 _CL = torch.channels_last

@@ -1,0 +1,1 @@
+"""Integrations with other libraries: diffusers pipelines and their live previews."""
