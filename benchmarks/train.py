@@ -103,7 +103,7 @@ def main() -> int:
                 "--lr", "6e-4"],
         "encoder": ["--teacher", pair, "--student", f",{dec}", "--train", "encoder"],
     }
-    results = {"date": datetime.datetime.now().isoformat(timespec="minutes"), "cpu": cpu_name(),
+    results = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpu": cpu_name(),
                "device": args.device, "threads": torch.get_num_threads(), "batch_size": args.batch_size,
                "crop_schedule": args.crop_schedule, "held_out": list(HELD_OUT),
                "train_images": len(list(train_dir.iterdir())), "released_taef2": reference, "runs": {},
@@ -124,11 +124,17 @@ def main() -> int:
                          "full_images": full_image_metrics(model, teacher, val_dir),
                          "load_average": round(os.getloadavg()[0], 2)})
             print(json.dumps(rows[-1]), flush=True)
-        results["runs"][name] = rows
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    (out / "results.md").write_text(markdown(results))
+            results["runs"][name] = rows
+            write_results(out, results)  # after every measurement: a 2-hour run that dies keeps what it measured
     print(markdown(results))
     return 0
+
+
+def write_results(out: Path, results: dict) -> None:
+    from tinyae.weights import atomic_write
+
+    atomic_write(out / "results.json", lambda p: Path(p).write_text(json.dumps(results, indent=2)))
+    atomic_write(out / "results.md", lambda p: Path(p).write_text(markdown(results)))
 
 
 def markdown(r: dict) -> str:

@@ -547,3 +547,28 @@ def test_eval_table_and_json_agree(fx, tmp_path, capsys):
     assert cli_main(["eval", str(tmp_path / "m"), str(tmp_path / "nowhere")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("tinyae: error: FOLDER ") and "not a folder" in err and len(err.strip().splitlines()) == 1
+
+
+def test_latent_convention_precedence_and_pipeline_folders(fx, tmp_path):
+    """Explicit factors win over --family, which wins over the VAE's config; a pipeline folder's vae/ is found;
+    --family flux2 without the FLUX.2 VAE's statistics is refused."""
+    import shutil
+
+    import diffusers
+
+    from tinyae.train import TeacherError
+
+    shutil.copytree(fx / "vae", tmp_path / "pipe" / "vae")
+    vae = diffusers.AutoencoderKL.from_pretrained(fx / "vae")
+    x = torch.rand(1, 3, 16, 16) * 2 - 1
+    mode = vae.encode(x).latent_dist.mode()
+    own = load_teacher(str(tmp_path / "pipe"))
+    assert own.convention["scaling_factor"] == 0.18215 and torch.allclose(own.encode(x), mode * 0.18215)
+    sdxl = load_teacher(str(fx / "vae"), family="sdxl")
+    assert (sdxl.convention["family"], sdxl.convention["scaling_factor"]) == ("sdxl", 0.13025)
+    explicit = load_teacher(str(fx / "vae"), family="sdxl", scaling_factor=0.5, shift_factor=0.1)
+    assert (explicit.convention["scaling_factor"], explicit.convention["shift_factor"]) == (0.5, 0.1)
+    assert torch.allclose(explicit.encode(x), (mode - 0.1) * 0.5, atol=1e-6)
+    assert torch.allclose(explicit.decode(explicit.encode(x)), vae.decode(mode).sample, atol=1e-5)
+    with pytest.raises(TeacherError, match="batch-norm"):
+        load_teacher(str(fx / "vae"), family="flux2")
