@@ -524,6 +524,13 @@ def test_final_holds_every_format_and_each_loads_back_the_same(fx, tmp_path):
         assert (backend.decode(z).sample - want[1]).abs().max() <= 1e-4
     card = (final / "README.md").read_text()
     assert "`final/tae_decoder.pth`" in card and "`final/onnx/decoder.onnx`" in card
+    # a resume that asks for fewer formats leaves none of the older export behind (stale weights)
+    assert train_cli(fx, run, "--max-steps", "3", "--adversarial", "off", "--export-formats", "original") == 0
+    names = {p.relative_to(final).as_posix() for p in final.rglob("*") if p.is_file()}
+    assert names == {"config.json", "diffusion_pytorch_model.safetensors", "README.md", "tae_encoder.safetensors",
+                     "tae_decoder.safetensors", "tae_encoder.pth", "tae_decoder.pth"}
+    assert "onnx" not in (final / "README.md").read_text()
+    assert not (final / "onnx").exists() and not (final / "comfyui").exists()
 
 
 def test_eval_table_and_json_agree(fx, tmp_path, capsys):

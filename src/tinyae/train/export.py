@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..model import AutoencoderTiny
+from ..runtime import ONNX_CONFIG, ONNX_FILES, export_onnx
 from ..weights import atomic_write, save_comfyui, save_diffusers, save_original
 
 
@@ -49,11 +50,17 @@ def export(run_dir: Path, model: AutoencoderTiny, keep: list[str], info: dict[st
         written.append(Path(save_comfyui(model, final / "comfyui" / f"{name}.safetensors")))
     if "onnx" in formats:
         try:
-            from ..runtime import export_onnx
-
             written += export_onnx(model, final / "onnx", overwrite=True)
         except ImportError:
             pass  # the onnx extra is not installed
+    stale = [final / f"{name}_{part}.{ext}" for part in ("encoder", "decoder") for ext in ("safetensors", "pth")]
+    stale += [final / "comfyui" / f"{name}.safetensors"]
+    stale += [final / "onnx" / n for n in (*ONNX_FILES.values(), ONNX_CONFIG)]
+    for path in set(stale) - set(written):  # an earlier export of this run in a format no longer asked for
+        path.unlink(missing_ok=True)
+    for folder in (final / "comfyui", final / "onnx"):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
     card = model_card(model, keep, info, [p.relative_to(run_dir) for p in written])
     atomic_write(final / "README.md", lambda p: Path(p).write_text(card))
     return written + [final / "README.md"]
