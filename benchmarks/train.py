@@ -11,7 +11,7 @@ so `--minutes 10 30 60` is one 60-minute run measured at 10, 30 and 60 minutes.
 
     python benchmarks/train.py --minutes 10 30 60 --out bench_out/train      # a quiet machine: ~2 hours
     python benchmarks/train.py --minutes 1.5 --threads 1                       # a smoke run: 3 minutes of training
-                                             (plus setup and whole-image evaluations: ~16 minutes on a loaded 2-core CPU)
+                                      (plus setup and whole-image evaluations: ~16 minutes on a loaded 2-core CPU)
 
 Writes OUT/results.json and OUT/results.md (paste into docs/benchmarks.md) after every measurement.
 """
