@@ -96,8 +96,8 @@ def test_mse_only_run_exports_everything(fx, tmp_path):
                                                   "shift_factor": 0.0}
     card = (run / "final" / "README.md").read_text()
     assert str(fx / "vae") in card and "tinyae train --teacher" in card and "3 steps" in card
-    pair = AutoencoderTiny.from_pretrained((run / "export/original/tae_encoder.safetensors",
-                                            run / "export/original/tae_decoder.safetensors"))
+    pair = AutoencoderTiny.from_pretrained((run / "final/tae_encoder.safetensors",
+                                            run / "final/tae_decoder.safetensors"))
     x = torch.rand(1, 3, 16, 16) * 2 - 1
     assert torch.equal(pair.encode(x).latents, model.encode(x).latents)
 
@@ -310,7 +310,8 @@ def test_eval_command(fx, tmp_path, capsys):
 
 def test_two_rank_gloo_ddp_kill_resume_exact_then_resume_on_one(fx, tmp_path):
     """torchrun, 2 CPU ranks (gloo): kill -9 at step 5 and resume on 2 ranks gives the uninterrupted run's losses
-    (every rank's replay buffer is saved); then a resume on 1 rank continues from the global data position."""
+    (every rank's replay buffer is saved); then a resume on 1 rank continues from the global data position, and
+    one on 2 ranks again from that."""
     def common(run: Path) -> list[str]:
         return ["--teacher", str(fx / "vae"), "--student", STUDENT, "--data", str(fx / "data"), "-o", str(run),
                 *FAST, "--device", "cpu", "--replay-size", "32", "--checkpoint-every", "2", "--batch-size", "4"]
@@ -337,6 +338,12 @@ def test_two_rank_gloo_ddp_kill_resume_exact_then_resume_on_one(fx, tmp_path):
     assert one.returncode == 0, one.stderr[-3000:]
     assert torch.load(run / "checkpoint.pt", weights_only=True)["samples_seen"] == 56 + 4
     assert [r["step"] for r in records(run)] == list(range(1, 9))
+    back = torchrun(run, "--max-steps", "9")  # and back on 2 ranks: rank 1's file (step 7) is stale, not used
+    assert back.returncode == 0, back.stderr[-3000:]
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert ckpt["samples_seen"] == 60 + 2 * 4 and ckpt["world_size"] == 2 and ckpt["step"] == 9
+    assert [r["step"] for r in records(run)] == list(range(1, 10))
+    assert all(np.isfinite(v) for row in losses(run) for v in row if v is not None)
 
 
 def test_ranks_read_disjoint_shards(fx):
@@ -477,3 +484,98 @@ def test_adversarial_loss_is_pluggable(fx, tmp_path, monkeypatch):
     run = tmp_path / "run"
     assert train_cli(fx, run, "--max-steps", "2", "--adversarial", "toward-real", "--train", "decoder") == 0
     assert calls == [4, 4] and all(r["disc"] == 0.5 for r in records(run))
+
+
+def test_final_holds_every_format_and_each_loads_back_the_same(fx, tmp_path):
+    """final/: the diffusers layout, the original single files (.safetensors and .pth), the ComfyUI file, ONNX and
+    the model card; every one loads back (tinyae, diffusers, onnxruntime) to the same outputs as the EMA student."""
+    import diffusers
+
+    from tinyae.runtime import load_backend
+
+    run = tmp_path / "run"
+    assert train_cli(fx, run, "--max-steps", "2", "--adversarial", "off", "--export-formats",
+                     "diffusers,original,comfyui,onnx") == 0
+    final = run / "final"
+    names = {p.relative_to(final).as_posix() for p in final.rglob("*") if p.is_file()}
+    assert {"config.json", "diffusion_pytorch_model.safetensors", "README.md", "tae_encoder.safetensors",
+            "tae_decoder.safetensors", "tae_encoder.pth", "tae_decoder.pth", "comfyui/tae.safetensors",
+            "onnx/encoder.onnx", "onnx/decoder.onnx"} <= names
+    assert not (run / "export").exists()
+    ema = AutoencoderTiny(**TINY)
+    ema.load_state_dict(torch.load(run / "checkpoint.pt", weights_only=True)["ema"])
+    ema.eval()
+    x = torch.rand(1, 3, 24, 32) * 2 - 1
+    z = torch.randn(1, 4, 3, 4)
+    with torch.no_grad():
+        want = ema.encode(x).latents, ema.decode(z).sample
+        loaded = {"diffusers folder": AutoencoderTiny.from_pretrained(final),
+                  "original safetensors": AutoencoderTiny.from_pretrained((final / "tae_encoder.safetensors",
+                                                                          final / "tae_decoder.safetensors")),
+                  "original pth": AutoencoderTiny.from_pretrained((final / "tae_encoder.pth",
+                                                                  final / "tae_decoder.pth")),
+                  "comfyui": AutoencoderTiny.from_pretrained(final / "comfyui" / "tae.safetensors"),
+                  "diffusers' own class": diffusers.AutoencoderTiny.from_pretrained(final).eval()}
+        for what, m in loaded.items():
+            assert torch.equal(m.encode(x).latents, want[0]), what
+            assert torch.equal(m.decode(z).sample, want[1]), what
+        backend = load_backend(final / "onnx", "onnxruntime")
+        assert (backend.encode(x).latents - want[0]).abs().max() <= 1e-4
+        assert (backend.decode(z).sample - want[1]).abs().max() <= 1e-4
+    card = (final / "README.md").read_text()
+    assert "`final/tae_decoder.pth`" in card and "`final/onnx/decoder.onnx`" in card
+    # a resume that asks for fewer formats leaves none of the older export behind (stale weights)
+    assert train_cli(fx, run, "--max-steps", "3", "--adversarial", "off", "--export-formats", "original") == 0
+    names = {p.relative_to(final).as_posix() for p in final.rglob("*") if p.is_file()}
+    assert names == {"config.json", "diffusion_pytorch_model.safetensors", "README.md", "tae_encoder.safetensors",
+                     "tae_decoder.safetensors", "tae_encoder.pth", "tae_decoder.pth"}
+    assert "onnx" not in (final / "README.md").read_text()
+    assert not (final / "onnx").exists() and not (final / "comfyui").exists()
+
+
+def test_eval_table_and_json_agree(fx, tmp_path, capsys):
+    """`tinyae eval`: one row per image and a mean row, the same numbers as --json; --size crops; errors are one
+    line."""
+    torch.manual_seed(5)
+    AutoencoderTiny(**TINY).save_pretrained(tmp_path / "m")
+    base = ["eval", str(tmp_path / "m"), str(fx / "val"), "--teacher", str(fx / "vae"), "--size", "16"]
+    assert cli_main([*base, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["command"] == "eval" and doc["teacher"] == str(fx / "vae")
+    assert [m["image"] for m in doc["images"]] == ["im0.png", "im1.png"]
+    assert cli_main(base) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header, rows = lines[0].split(), [ln.split() for ln in lines[1:]]
+    assert header[0] == "image" and set(header[1:]) == set(doc["mean"])
+    assert [r[0] for r in rows] == ["im0.png", "im1.png", "mean"]
+    for row, m in zip(rows, doc["images"] + [doc["mean"]]):
+        for key, cell in zip(header[1:], row[1:]):
+            assert float(cell) == pytest.approx(m[key], abs=1e-4 if "ssim" in key else 0.01)
+    assert cli_main(["eval", str(tmp_path / "m"), str(tmp_path / "nowhere")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("tinyae: error: FOLDER ") and "not a folder" in err and len(err.strip().splitlines()) == 1
+
+
+def test_latent_convention_precedence_and_pipeline_folders(fx, tmp_path):
+    """Explicit factors win over --family, which wins over the VAE's config; a pipeline folder's vae/ is found;
+    --family flux2 without the FLUX.2 VAE's statistics is refused."""
+    import shutil
+
+    import diffusers
+
+    from tinyae.train import TeacherError
+
+    shutil.copytree(fx / "vae", tmp_path / "pipe" / "vae")
+    vae = diffusers.AutoencoderKL.from_pretrained(fx / "vae")
+    x = torch.rand(1, 3, 16, 16) * 2 - 1
+    mode = vae.encode(x).latent_dist.mode()
+    own = load_teacher(str(tmp_path / "pipe"))
+    assert own.convention["scaling_factor"] == 0.18215 and torch.allclose(own.encode(x), mode * 0.18215)
+    sdxl = load_teacher(str(fx / "vae"), family="sdxl")
+    assert (sdxl.convention["family"], sdxl.convention["scaling_factor"]) == ("sdxl", 0.13025)
+    explicit = load_teacher(str(fx / "vae"), family="sdxl", scaling_factor=0.5, shift_factor=0.1)
+    assert (explicit.convention["scaling_factor"], explicit.convention["shift_factor"]) == (0.5, 0.1)
+    assert torch.allclose(explicit.encode(x), (mode - 0.1) * 0.5, atol=1e-6)
+    assert torch.allclose(explicit.decode(explicit.encode(x)), vae.decode(mode).sample, atol=1e-5)
+    with pytest.raises(TeacherError, match="batch-norm"):
+        load_teacher(str(fx / "vae"), family="flux2")

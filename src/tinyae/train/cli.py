@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                    f"{d.crop_schedule[0][0]})")
     g.add_argument("--crop-schedule", metavar="PX:STEP,...", help="crop side from each step on, e.g. "
                    "96:0,256:20000 (the recipe: small crops, then ~256 px to finish)")
+    g.add_argument("--crop-policy", choices=["crop", "buckets"], default=d.crop_policy,
+                   help="crop: square crops at each image's own resolution (default); buckets: aspect-ratio "
+                   "buckets, each image resized to about PX^2 pixels at its aspect ratio (1:4 .. 4:1)")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help=f"per process (default {d.batch_size})")
     g.add_argument("--flip", type=float, default=d.flip, help=f"horizontal flip probability (default {d.flip})")
     g.add_argument("--color-aug", type=float, default=d.color_aug,
@@ -80,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--log-every", type=int, default=d.log_every, metavar="STEPS")
     g.add_argument("--device", default=d.device, help="auto (cuda if available), cpu, cuda, mps")
     g.add_argument("--export-formats", default=",".join(d.export_formats),
-                   help="besides final/ (diffusers): original, comfyui, onnx (default all)")
+                   help="what final/ holds besides the diffusers layout: original (.safetensors and .pth), "
+                   "comfyui, onnx (default all)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar or step lines")
     g.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
@@ -104,7 +108,8 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> TrainConfig:
     return TrainConfig(
         teacher=args.teacher, student=args.student, data=args.data, val=args.val, family=args.family,
         scaling_factor=args.scaling_factor, shift_factor=args.shift_factor, latent_sample=args.latent_sample,
-        val_size=args.val_size, train=args.train, crop_schedule=schedule, batch_size=args.batch_size, flip=args.flip,
+        val_size=args.val_size, train=args.train, crop_schedule=schedule, crop_policy=args.crop_policy,
+        batch_size=args.batch_size, flip=args.flip,
         color_aug=args.color_aug, seed=args.seed, lr=args.lr, betas=betas, weight_decay=args.weight_decay,
         grad_clip=args.grad_clip, ema=args.ema, precision=args.precision, w_latent=args.w_latent,
         w_adv=args.w_adv, w_pool=args.w_pool, w_mse=w_mse, adversarial=args.adversarial, disc_lr=args.disc_lr,

@@ -34,6 +34,8 @@ class TrainConfig:
     train: str = "both"  # both | encoder | decoder: the other half is frozen
     # data
     crop_schedule: list[tuple[int, int]] = field(default_factory=lambda: [(96, 0)])  # (crop px, from step)
+    # crop: square crops at the image's resolution; buckets: whole images at about crop^2 px, aspect kept (data.py)
+    crop_policy: str = "crop"
     batch_size: int = 16
     flip: float = 0.5  # probability of a horizontal flip
     color_aug: float = 0.08  # fraction of samples with a random colour change (saturation, gain, brightness)
@@ -119,6 +121,10 @@ def check(c: TrainConfig) -> None:
         raise ValueError(f"--adversarial must be one of {', '.join(known)}, got {c.adversarial!r}")
     if c.precision not in PRECISIONS:
         raise ValueError(f"--precision must be one of {PRECISIONS}, got {c.precision!r}")
+    from .data import CROP_POLICIES
+
+    if c.crop_policy not in CROP_POLICIES:
+        raise ValueError(f"--crop-policy must be one of {', '.join(CROP_POLICIES)}, got {c.crop_policy!r}")
     if not c.crop_schedule or c.crop_schedule[0][1] != 0:
         raise ValueError("--crop-schedule must start at step 0, e.g. 96:0,256:20000")
     starts = [s for _, s in c.crop_schedule]
@@ -156,9 +162,10 @@ def check(c: TrainConfig) -> None:
 
 def resume_differences(saved: dict[str, Any], now: TrainConfig) -> list[str]:
     """The settings that differ between a checkpoint's config and this one, budget fields excepted."""
-    current = now.to_dict()
+    defaults = TrainConfig(teacher="", student="", data=["."]).to_dict()
+    saved = {**defaults, **saved}  # a setting newer than the run: the run had its default
     diffs = []
-    for name, value in current.items():
+    for name, value in now.to_dict().items():
         if name in BUDGET_FIELDS or name == "command":
             continue
         if saved.get(name) != value:

@@ -4,20 +4,33 @@ Sampling is stateless: sample number g of the run (counted over all ranks) is im
 e = g // N, where perm_e is a permutation seeded by (seed, e), and its crop, flip and colour change come from a
 generator seeded by (seed, g). So the data position is one integer (`samples_seen`), a resume continues exactly,
 and with R ranks rank r reads samples start + r*B ... start + (r+1)*B - 1 of each step: disjoint shards, for any R.
+
+Crop policies (`TrainConfig.crop_policy`):
+- "crop": a square crop side x side at the image's own resolution (images smaller than the crop: their largest
+  centre-line square, upscaled);
+- "buckets": aspect-ratio buckets. Each image goes to the bucket whose aspect ratio (w/h, one of ASPECTS) is
+  nearest its own; a bucket's shape has about side^2 pixels (sides multiples of the model's scale factor); the
+  image is resized to cover that shape and randomly cropped to it (a few percent trimmed). An epoch groups the
+  shuffled images into chunks of B images of one bucket (a bucket's last chunk is filled with its first images
+  again) in a shuffled chunk order, so every rank's batch is one bucket, for any number of ranks.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from ..images import IMAGE_SUFFIXES, to_source
 
 _MIX = 0x9E3779B97F4A7C15  # golden-ratio constant: spreads (seed, index) pairs over generator seeds
+CROP_POLICIES = ("crop", "buckets")
+ASPECTS = (1 / 4, 1 / 3, 1 / 2, 2 / 3, 3 / 4, 1.0, 4 / 3, 3 / 2, 2.0, 3.0, 4.0)  # bucket aspect ratios, w / h
 
 
 def list_images(folders: Sequence[str | Path], what: str = "--data") -> list[Path]:
@@ -48,16 +61,29 @@ def read_rgb(path: Path) -> torch.Tensor:
 
 
 class ImageData:
-    """Random training crops from image folders. `latents_for(path)` (precomputed teacher latents) makes crops
-    land on the latent grid and turns flips and colour changes off (they would not match the stored latents)."""
+    """Random training crops from image folders (`crop_policy`: "crop" or "buckets", see the module docstring;
+    `batch_size`: the per-rank batch, which bucket chunks are made of). `latents_for(path)` (precomputed teacher
+    latents) makes crops land on the latent grid and turns flips and colour changes off (they would not match the
+    stored latents); it needs the "crop" policy (resized images would not match either)."""
 
     def __init__(self, folders: Sequence[str], *, seed: int, flip: float, color_aug: float, multiple: int = 8,
-                 latents_for: Any = None, cache_mb: int = 4096):
+                 latents_for: Any = None, cache_mb: int = 4096, crop_policy: str = "crop", batch_size: int = 1):
+        if crop_policy not in CROP_POLICIES:
+            raise ValueError(f"--crop-policy must be one of {', '.join(CROP_POLICIES)}, got {crop_policy!r}")
+        if crop_policy == "buckets" and latents_for:
+            raise ValueError("--crop-policy buckets resizes the images, which precomputed latents (latents:DIR) "
+                             "cannot follow; use --crop-policy crop")
         self.files = list_images(folders)
         self.seed, self.multiple, self.latents_for = seed, multiple, latents_for
+        self.policy, self.batch_size = crop_policy, batch_size
         self.flip, self.color_aug = (0.0, 0.0) if latents_for else (flip, color_aug)
         self._cache: dict[Path, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._cache_bytes, self._cache_limit = 0, cache_mb * 2 ** 20
+        self.buckets: list[int] = []
+        self._layout: tuple[int, list[int]] | None = None
+        if crop_policy == "buckets":
+            self.buckets = [nearest_aspect(*image_size(p)) for p in self.files]
+            self.epoch_length = batch_size * sum(-(-self.buckets.count(b) // batch_size) for b in set(self.buckets))
 
     def __len__(self) -> int:
         return len(self.files)
@@ -73,13 +99,38 @@ class ImageData:
         return item
 
     def image_index(self, g: int) -> int:
+        if self.policy == "buckets":
+            e, pos = divmod(g, self.epoch_length)
+            return self._epoch_layout(e)[pos]
         n = len(self.files)
         perm = torch.randperm(n, generator=seeded(self.seed, g // n, 1))
         return int(perm[g % n])
 
+    def _epoch_layout(self, e: int) -> list[int]:
+        """Epoch e of the bucket policy: image indices, in chunks of batch_size images of one bucket."""
+        if self._layout is None or self._layout[0] != e:
+            perm = torch.randperm(len(self.files), generator=seeded(self.seed, e, 1)).tolist()
+            chunks = []
+            for b in sorted(set(self.buckets)):
+                members = [i for i in perm if self.buckets[i] == b]
+                k = -(-len(members) // self.batch_size)
+                filled = (members * -(-k * self.batch_size // len(members)))[:k * self.batch_size]
+                chunks += [filled[j * self.batch_size:(j + 1) * self.batch_size] for j in range(k)]
+            order = torch.randperm(len(chunks), generator=seeded(self.seed, e, 4)).tolist()
+            self._layout = (e, [i for c in order for i in chunks[c]])
+        return self._layout[1]
+
+    def shape(self, index: int, side: int) -> tuple[int, int]:
+        """(height, width) of image `index`'s samples at crop side `side`."""
+        if self.policy == "buckets":
+            return bucket_shape(ASPECTS[self.buckets[index]], side, self.multiple)
+        return side, side
+
     def sample(self, g: int, crop: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Sample number g: a (3, crop, crop) image in [-1, 1] and its (C, crop/f, crop/f) latents (or None)."""
-        path = self.files[self.image_index(g)]
+        """Sample number g: a (3, h, w) image in [-1, 1] ((crop, crop), or its bucket's shape) and its
+        (C, h/f, w/f) latents (or None)."""
+        index = self.image_index(g)
+        path = self.files[index]
         img, lat = self._load(path)
         gen = seeded(self.seed, g, 2)
         h, w = img.shape[-2:]
@@ -94,14 +145,8 @@ class ImageData:
             if z.shape[-2:] != (crop // f, crop // f):
                 raise ValueError(f"{path}: its latents {tuple(lat.shape)} do not cover the image {w}x{h}")
             return img[:, y0:y0 + crop, x0:x0 + crop].mul(2).sub(1), z
-        if min(h, w) < crop:  # upscale small images so the crop fits
-            s = crop / min(h, w)
-            img = F.interpolate(img[None], size=(max(crop, round(h * s)), max(crop, round(w * s))), mode="bicubic",
-                                antialias=True, align_corners=False)[0].clamp(0, 1)
-            h, w = img.shape[-2:]
-        y0 = int(torch.randint(0, h - crop + 1, (1,), generator=gen))
-        x0 = int(torch.randint(0, w - crop + 1, (1,), generator=gen))
-        x = img[:, y0:y0 + crop, x0:x0 + crop]
+        th, tw = self.shape(index, crop)
+        x = fit_crop(img, th, tw, gen, cover=self.policy == "buckets")
         u = torch.rand(2, generator=gen)
         if u[0] < self.flip:
             x = x.flip(-1)
@@ -110,11 +155,58 @@ class ImageData:
         return x.mul(2).sub(1), None
 
     def batch(self, start: int, size: int, crop: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Samples start .. start+size-1 stacked: images (B, 3, crop, crop) in [-1, 1], latents or None."""
+        """Samples start .. start+size-1 stacked: images (B, 3, h, w) in [-1, 1], latents or None. With buckets,
+        a batch is one bucket when start is a multiple of batch_size and size is batch_size (as the trainer reads)."""
         items = [self.sample(g, crop) for g in range(start, start + size)]
         x = torch.stack([i[0] for i in items])
         z = torch.stack([i[1] for i in items]) if items[0][1] is not None else None
         return x, z
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(height, width) of an image file as tinyae reads it (EXIF orientation applied), from its header."""
+    from ..images import ImageError
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated by 90 degrees
+                w, h = h, w
+    except Exception as e:
+        raise ImageError(f"{path}: not an image ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})"
+                         ) from None
+    return h, w
+
+
+def nearest_aspect(h: int, w: int) -> int:
+    """Index in ASPECTS of the aspect ratio (w / h) nearest the image's, in log scale."""
+    r = math.log(w / h)
+    return min(range(len(ASPECTS)), key=lambda i: abs(math.log(ASPECTS[i]) - r))
+
+
+def bucket_shape(aspect: float, side: int, multiple: int) -> tuple[int, int]:
+    """(height, width) of about side^2 pixels with w / h about `aspect`, sides multiples of `multiple`."""
+    w = max(multiple, round(side * math.sqrt(aspect) / multiple) * multiple)
+    h = max(multiple, round(side / math.sqrt(aspect) / multiple) * multiple)
+    return h, w
+
+
+def fit_crop(img: torch.Tensor, th: int, tw: int, gen: torch.Generator, cover: bool) -> torch.Tensor:
+    """A random (3, th, tw) crop of a (3, H, W) image in [0, 1]. The image is scaled by s (cover: so that it
+    just covers th x tw; else 1, or up just enough when it is smaller than th x tw) and cropped; the crop is cut
+    from the original (a region of th/s x tw/s) and only that is resized (bicubic, antialiased), so a tiny or a
+    very wide image never becomes a large one."""
+    h, w = img.shape[-2:]
+    s = max(th / h, tw / w)
+    if not cover:
+        s = max(1.0, s)
+    rh, rw = min(h, max(1, round(th / s))), min(w, max(1, round(tw / s)))
+    y0 = int(torch.randint(0, h - rh + 1, (1,), generator=gen))
+    x0 = int(torch.randint(0, w - rw + 1, (1,), generator=gen))
+    x = img[:, y0:y0 + rh, x0:x0 + rw]
+    if (rh, rw) != (th, tw):
+        x = F.interpolate(x[None], size=(th, tw), mode="bicubic", antialias=True, align_corners=False)[0].clamp(0, 1)
+    return x
 
 
 def color_change(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -127,16 +219,17 @@ def color_change(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return ((gray + (x - gray) * sat) * gain + (r[4] - 0.5) * 0.1).clamp(0, 1)
 
 
-def val_images(folder: str, size: int, multiple: int) -> list[tuple[str, Path, torch.Tensor, tuple[int, int]]]:
+def val_images(folder: str, size: int, multiple: int, what: str = "--val"
+               ) -> list[tuple[str, Path, torch.Tensor, tuple[int, int]]]:
     """(name, path, (1, 3, h, w) in [-1, 1], (top, left)) per validation image: the centre `size` x `size` crop
     (smaller images: their largest centre crop), sides and offsets multiples of `multiple`."""
     out = []
-    for path in list_images([folder], "--val"):
+    for path in list_images([folder], what):
         img = read_rgb(path)
         h, w = img.shape[-2:]
         ch, cw = (min(size, h) // multiple * multiple, min(size, w) // multiple * multiple)
         if ch == 0 or cw == 0:
-            raise ValueError(f"--val {path}: {w}x{h} is smaller than the model's {multiple} px scale factor")
+            raise ValueError(f"{what} {path}: {w}x{h} is smaller than the model's {multiple} px scale factor")
         y0, x0 = (h - ch) // 2 // multiple * multiple, (w - cw) // 2 // multiple * multiple
         out.append((path.name, path, img[None, :, y0:y0 + ch, x0:x0 + cw].mul(2).sub(1), (y0, x0)))
     return out

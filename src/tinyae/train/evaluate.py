@@ -122,15 +122,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
     p.add_argument("--debug", action="store_true")
     args = p.parse_args(argv)
-    try:
-        return _run_eval(args)
-    except Exception as e:
-        if args.debug:
-            raise
-        from ..cli import _one_line
+    from ..cli import run_guarded
 
-        print(f"tinyae: error: {_one_line(e)}", file=sys.stderr)
-        return 1
+    return run_guarded(lambda: _run_eval(args), args.debug, "nothing was written")
 
 
 def _run_eval(args: argparse.Namespace) -> int:
@@ -147,7 +141,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         if not teacher.can_encode:
             raise ValueError("--teacher: precomputed latents are not supported by tinyae eval")
     images = [(n, x, None) for n, _, x, _ in val_images(args.folder, args.size or 1 << 30,
-                                                       model.spatial_scale_factor)]
+                                                       model.spatial_scale_factor, what="FOLDER")]
     mean, per, _ = evaluate(model.eval(), teacher, images)
     rep = Reporter(args.json)
     rep.emit({"command": "eval", "model": args.model, "teacher": args.teacher, "folder": args.folder,

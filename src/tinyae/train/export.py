@@ -1,6 +1,13 @@
-"""Export of the trained (EMA) student: RUN_DIR/final in diffusers layout (`AutoencoderTiny.from_pretrained`),
-with the latent convention in config.json (`_tinyae_training`) and a README.md model card; the other formats
-tinyae writes under RUN_DIR/export (original encoder/decoder pair, ComfyUI file, ONNX when onnx is installed)."""
+"""Export of the trained (EMA) student into RUN_DIR/final, every format tinyae writes, side by side:
+
+- the diffusers layout (config.json + diffusion_pytorch_model.safetensors; `AutoencoderTiny.from_pretrained`,
+  tinyae's or diffusers'), with the latent convention in config.json (`_tinyae_training`);
+- the original script's single files, `NAME_encoder/_decoder.safetensors` and `.pth` (as `tinyae convert --to
+  original [--pth]` writes them);
+- `comfyui/NAME.safetensors` (ComfyUI's one-file layout; a model with both halves) and `onnx/` (when onnx is
+  installed), each in its own folder as their writers fill one;
+- README.md, the model card.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..model import AutoencoderTiny
+from ..runtime import ONNX_CONFIG, ONNX_FILES, export_onnx
 from ..weights import atomic_write, save_comfyui, save_diffusers, save_original
 
 
@@ -26,7 +34,7 @@ def exportable(model: AutoencoderTiny, keep: list[str]) -> AutoencoderTiny:
 def export(run_dir: Path, model: AutoencoderTiny, keep: list[str], info: dict[str, Any]) -> list[Path]:
     """Write every format; returns the written paths. `info`: teacher, convention, data, steps, metrics, command."""
     model = exportable(copy.deepcopy(model), keep)
-    final, other = run_dir / "final", run_dir / "export"
+    final = run_dir / "final"
     save_diffusers(model, final)
     cfg_path = final / "config.json"
     cfg = json.loads(cfg_path.read_text())
@@ -36,16 +44,23 @@ def export(run_dir: Path, model: AutoencoderTiny, keep: list[str], info: dict[st
     formats = info.get("formats", ())
     name = info.get("name", "tae")
     if "original" in formats:
-        written += map(Path, save_original(model, other / "original", name))
+        for fmt in ("safetensors", "pth"):
+            written += map(Path, save_original(model, final, name, format=fmt))
     if "comfyui" in formats and len(keep) == 2:
-        written.append(Path(save_comfyui(model, other / "comfyui" / f"{name}.safetensors")))
+        written.append(Path(save_comfyui(model, final / "comfyui" / f"{name}.safetensors")))
     if "onnx" in formats:
         try:
-            from ..runtime import export_onnx
-
-            written += export_onnx(model, other / "onnx", overwrite=True)
+            written += export_onnx(model, final / "onnx", overwrite=True)
         except ImportError:
             pass  # the onnx extra is not installed
+    stale = [final / f"{name}_{part}.{ext}" for part in ("encoder", "decoder") for ext in ("safetensors", "pth")]
+    stale += [final / "comfyui" / f"{name}.safetensors"]
+    stale += [final / "onnx" / n for n in (*ONNX_FILES.values(), ONNX_CONFIG)]
+    for path in set(stale) - set(written):  # an earlier export of this run in a format no longer asked for
+        path.unlink(missing_ok=True)
+    for folder in (final / "comfyui", final / "onnx"):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
     card = model_card(model, keep, info, [p.relative_to(run_dir) for p in written])
     atomic_write(final / "README.md", lambda p: Path(p).write_text(card))
     return written + [final / "README.md"]

@@ -49,8 +49,9 @@ class PatchDiscriminator(nn.Module):
 
 
 class ReplayBuffer:
-    """Past fakes (and their latents) on the CPU; `sample` draws with a seeded generator (saved in checkpoints).
-    Fakes of another crop size than the current one are dropped when the crop changes."""
+    """Past fakes (and their latents) on the CPU; `sample` draws, with a seeded generator (saved in checkpoints),
+    among the fakes of the asked shape (aspect-ratio buckets give several shapes of about the same pixel count).
+    When the crop side changes (a new pixel count, off by more than 1.5x) the older fakes are dropped."""
 
     def __init__(self, capacity: int, seed: int):
         self.capacity = capacity
@@ -59,7 +60,7 @@ class ReplayBuffer:
         self.gen = torch.Generator().manual_seed(seed)
 
     def push(self, fake: torch.Tensor, ctx: torch.Tensor) -> None:
-        if self.fakes and self.fakes[0].shape != fake.shape[1:]:
+        if self.fakes and not 1 / 1.5 <= fake[0].numel() / self.fakes[-1].numel() <= 1.5:
             self.fakes, self.ctx = [], []
         for f, c in zip(fake.detach().float().cpu(), ctx.detach().float().cpu()):
             if len(self.fakes) < self.capacity:
@@ -69,15 +70,21 @@ class ReplayBuffer:
                 i = int(torch.randint(0, self.capacity, (1,), generator=self.gen))
                 self.fakes[i], self.ctx[i] = f.clone(), c.clone()
 
-    def sample(self, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.randint(0, len(self.fakes), (n,), generator=self.gen).tolist()
+    def sample(self, n: int, shape: torch.Size, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """n past fakes of `shape` (C, H, W) and their latents (the buffer holds some: they were just pushed)."""
+        same = [i for i, f in enumerate(self.fakes) if f.shape == shape]
+        idx = [same[i] for i in torch.randint(0, len(same), (n,), generator=self.gen).tolist()]
         fakes, ctx = torch.stack([self.fakes[i] for i in idx]), torch.stack([self.ctx[i] for i in idx])
         return fakes.to(device), ctx.to(device)
 
     def state_dict(self) -> dict[str, Any]:
-        empty = torch.zeros(0)
-        return {"fakes": torch.stack(self.fakes) if self.fakes else empty,
-                "ctx": torch.stack(self.ctx) if self.ctx else empty, "gen": self.gen.get_state()}
+        """fakes / ctx: one stacked tensor when they share a shape, else lists of tensors."""
+        def pack(ts: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+            if not ts:
+                return torch.zeros(0)
+            return torch.stack(ts) if all(t.shape == ts[0].shape for t in ts) else list(ts)
+
+        return {"fakes": pack(self.fakes), "ctx": pack(self.ctx), "gen": self.gen.get_state()}
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         self.fakes, self.ctx = list(sd["fakes"]), list(sd["ctx"])
@@ -108,7 +115,7 @@ class Adversarial:
         real, fake, ctx = real.detach(), fake.detach().float(), ctx.detach()
         self.buffer.push(fake, ctx)
         n = len(fake) // 2
-        old, old_ctx = self.buffer.sample(len(fake) - n, fake.device)
+        old, old_ctx = self.buffer.sample(len(fake) - n, fake.shape[1:], fake.device)
         fakes, fake_ctx = torch.cat([fake[:n], old]), torch.cat([ctx[:n], old_ctx])
         mask = (torch.rand(len(real), 1, 1, 1, generator=self.gen) < 0.5).to(real.device)
         self.disc.train()

@@ -105,7 +105,8 @@ class Trainer:
                 self.adv.net = nn.parallel.DistributedDataParallel(self.adv.disc, device_ids=ids)
         latents_for = self.teacher.latents_for if isinstance(self.teacher, LatentsTeacher) else None
         self.data = ImageData(c.data, seed=c.seed, flip=c.flip, color_aug=c.color_aug,
-                              multiple=self.student.spatial_scale_factor, latents_for=latents_for)
+                              multiple=self.student.spatial_scale_factor, latents_for=latents_for,
+                              crop_policy=c.crop_policy, batch_size=c.batch_size)
         self.val = []
         if c.val:
             f = self.student.spatial_scale_factor
