@@ -144,6 +144,12 @@ class PipelineVideoVAE(AutoencoderTinyVideo):
     def spatial_compression_ratio(self) -> int:
         return self.config.encoder_space_factor
 
+    @property
+    def temperal_downsample(self) -> list[bool]:  # (sic) WanVideoToVideoPipeline reads 2**sum and 2**len of it
+        c = self.config
+        steps, time = c.encoder_space_factor.bit_length() - 1, c.encoder_time_factor.bit_length() - 1
+        return [False] * (steps - time) + [True] * time
+
     def decode(self, z: torch.Tensor, temb: Any = None, return_dict: bool = True, parallel: bool = True,
                **_: Any) -> DecoderOutput | tuple[torch.Tensor]:
         """As `AutoencoderTinyVideo.decode`; accepts (and ignores) LTX-2's decode timestep `temb`."""
@@ -160,6 +166,7 @@ def set_video_vae(pipe: Any, model: AutoencoderTinyVideo) -> PipelineVideoVAE:
               "vae_spatial_compression_ratio": vae.spatial_compression_ratio,
               "vae_scale_factor_temporal": vae.temporal_compression_ratio,
               "vae_temporal_compression_ratio": vae.temporal_compression_ratio, "vae_scaling_factor_image": 1.0,
+              "vae_scaling_factor": 1.0,
               "num_channels_latents": vae.config.latent_channels}
     for name, value in ratios.items():
         if hasattr(pipe, name):
