@@ -200,3 +200,55 @@ def test_video_preview_arguments():
         LivePreview(tae, family="wan2.1")
     assert isinstance(LivePreview(random_tae("sd")), LivePreview)
     assert not isinstance(LivePreview(random_tae("sd")), VideoLivePreview)
+
+
+@pytest.mark.parametrize("name", ["cogvideox", "cogvideox-i2v"])
+def test_pipeline_save_pretrained_and_from_pretrained_keep_the_tae(name, tmp_path):
+    """`pipe.save_pretrained` writes the TAE as the pipeline's vae/ folder; `DiffusionPipeline.from_pretrained`
+    loads it back (model_index.json: ["tinyae.video.pipelines", "PipelineVideoVAE"]) and makes the same video."""
+    import diffusers
+
+    from tinyae import AutoencoderTinyVideo
+
+    variant = CONDITIONED.get(name, PIPELINES.get(name))[0]
+    pipe, kw = build(name, None)
+    set_vae(pipe, random_video_tae(variant))
+    pipe.save_pretrained(tmp_path)
+    assert pipe.config.vae == ("tinyae.video.pipelines", "PipelineVideoVAE")
+    nones = {k: None for k in ("text_encoder", "tokenizer")}
+    again = diffusers.DiffusionPipeline.from_pretrained(tmp_path, **nones)
+    assert type(again) is type(pipe) and type(again.vae) is PipelineVideoVAE and again.vae.config.variant == variant
+    assert all(torch.equal(a, b) for a, b in zip(again.vae.state_dict().values(), pipe.vae.state_dict().values()))
+    assert again.vae_scale_factor_spatial == 8 and again.vae_scaling_factor_image == 1.0
+    kw2 = dict(kw, generator=torch.Generator().manual_seed(0))
+    kw["generator"] = torch.Generator().manual_seed(0)
+    again.set_progress_bar_config(disable=True)
+    torch.testing.assert_close(again(**kw2, output_type="pt").frames, pipe(**kw, output_type="pt").frames,
+                               rtol=0, atol=1e-6)  # float rounding of the reloaded transformer
+    plain = AutoencoderTinyVideo.from_pretrained(tmp_path / "vae")  # the folder is an ordinary tinyae folder
+    assert plain.config.variant == variant
+
+
+@pytest.mark.slow  # a second Python process importing diffusers
+def test_saved_pipeline_loads_in_a_fresh_process(tmp_path):
+    """diffusers imports no module a model_index.json names: loading before tinyae.video.pipelines is imported fails
+    with diffusers' own error naming it; after the import it loads."""
+    import subprocess
+    import sys
+
+    pipe, _ = build("cogvideox", None)
+    set_vae(pipe, random_video_tae("taecvx"))
+    pipe.save_pretrained(tmp_path)
+    code = """if True:
+        import sys, diffusers
+        load = lambda: diffusers.DiffusionPipeline.from_pretrained(sys.argv[1], text_encoder=None, tokenizer=None)
+        try:
+            load()
+        except ValueError as e:
+            print("REFUSED", "import tinyae.video.pipelines before" in str(e))
+        import tinyae.video.pipelines
+        p = load()
+        print("LOADED", type(p.vae).__name__, p.vae.config.variant)"""
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-5:] == ["REFUSED", "True", "LOADED", "PipelineVideoVAE", "taecvx"]

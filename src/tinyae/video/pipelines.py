@@ -156,11 +156,31 @@ class PipelineVideoVAE(AutoencoderTinyVideo):
         return super().decode(z, return_dict=return_dict, parallel=parallel)
 
 
+def register_with_diffusers() -> None:
+    """Let `DiffusionPipeline.save_pretrained` / `from_pretrained` save and load a `PipelineVideoVAE` component.
+
+    diffusers saves and loads only components whose class derives from one in its `LOADABLE_CLASSES` table (short
+    of executing a .py file shipped with the weights), so this adds this module's `PipelineVideoVAE` to it; the
+    pipeline's model_index.json then names it as ["tinyae.video.pipelines", "PipelineVideoVAE"], and loading
+    imports this module, which registers it again. Idempotent; done when this module is imported."""
+    try:
+        from diffusers.pipelines import pipeline_loading_utils as plu
+    except ImportError:  # diffusers absent: nothing to register with
+        return
+    methods = ["save_pretrained", "from_pretrained"]
+    plu.LOADABLE_CLASSES.setdefault(__name__, {})["PipelineVideoVAE"] = methods
+    plu.ALL_IMPORTABLE_CLASSES["PipelineVideoVAE"] = methods  # the same dict the loaders were handed
+
+
 def set_video_vae(pipe: Any, model: AutoencoderTinyVideo) -> PipelineVideoVAE:
     """Check `model` against the video pipeline (`check_video_vae`), then make it `pipe.vae`; return it."""
     check_video_vae(model, pipe)
+    register_with_diffusers()
     vae = PipelineVideoVAE.from_model(model)
-    pipe.vae = vae
+    if hasattr(pipe, "register_modules"):  # also records it in model_index.json (`pipe.vae =` does not when the
+        pipe.register_modules(vae=vae)     # pipeline was built with vae=None)
+    else:
+        pipe.vae = vae
     # the ratios pipelines cache at construction (from the VAE they were built with, or their defaults)
     ratios = {"vae_scale_factor_spatial": vae.spatial_compression_ratio,
               "vae_spatial_compression_ratio": vae.spatial_compression_ratio,
@@ -175,3 +195,6 @@ def set_video_vae(pipe: Any, model: AutoencoderTinyVideo) -> PipelineVideoVAE:
     if processor is not None and hasattr(processor, "register_to_config"):
         processor.register_to_config(vae_scale_factor=vae.spatial_compression_ratio)
     return vae
+
+
+register_with_diffusers()
