@@ -111,13 +111,23 @@ def load_video_model(args: argparse.Namespace, spec: str | None) -> Any:
                        "the precision chooses it (use --precision fp32, bf16 or fp16)")
     dtype = {"auto": torch.float32, "float32": torch.float32, "float16": torch.float16,
              "bfloat16": torch.bfloat16}[args.dtype]
+    if getattr(args, "backend", "torch") != "torch":
+        raise CliError(f"--backend {args.backend}: video models run in torch here; for ONNX export the streaming "
+                       "graphs with tinyae.video.onnx.export_video_onnx")
     model, used = _optimized(model.to(device, dtype), precision)  # --precision auto: optimize() where it runs
     model.__dict__["cli_precision"] = used
+    tile = getattr(args, "tile", False)
+    if tile:  # exact spatial row bands (tinyae.video.tiling); an int (--tile ROWS) sets the band height
+        model.enable_tiling(TILE_ROWS if tile is True else tile)
     return model
 
 
+TILE_ROWS = 16  # latent rows per band for --tile (128 pixel rows at 8x, 256 at 16x, 512 at 32x)
+
+
 def _summary(args: argparse.Namespace, model: Any) -> dict[str, Any]:
-    return {"model": args.model, "variant": model.config.variant, "precision": model.__dict__["cli_precision"]}
+    return {"model": args.model, "variant": model.config.variant, "precision": model.__dict__["cli_precision"],
+            "tile_rows": model.tile_rows}
 
 
 def collect_videos(paths: list[str]) -> list[Job]:
