@@ -24,6 +24,7 @@ from ..cli import (MODEL_ENV, CliError, Job, Reporter, _optimized, check_output_
                    plan_outputs)
 from ..images import psnr, ssim
 from ..weights import WeightsError, atomic_write
+from .frames import needs_latent_count
 from .io import VIDEO_SUFFIXES, VideoError, frame_files, is_video_path, probe, read_frames, write_frames
 from .variants import is_video_variant
 
@@ -269,7 +270,7 @@ def cmd_roundtrip(args: argparse.Namespace) -> int:
         check_output_folder(plan_outputs(jobs, Path(args.output), lambda j: j.input.stem + ".decoded.mp4", ()))
         handle_existing(jobs, args.force, args.resume)
     model = load_video_model(args, args.model or os.environ.get(MODEL_ENV))
-    if model.config.frames.keep_all_for_even_latents:
+    if needs_latent_count(model.config):
         raise CliError(f"roundtrip streams frames; {model.config.variant} needs the latent count up front "
                        "(encode, then decode)")
 
