@@ -83,6 +83,13 @@ def test_taeh3_grid_and_the_original_black_frames(weights, models):
     assert [grid_frames(m.config, n) for n in (1, 5, 6, 22, 23, 124)] == [5, 5, 22, 22, 39, 124]
 
 
+def test_two_flag_time_upscale_is_the_originals_short_form():
+    from tinyae.video import VideoConfig
+
+    assert VideoConfig(decoder_time_upscale=(False, False)).decoder_time_upscale == (False, False, False)
+    assert VideoConfig(decoder_time_upscale=(True, True)).time_factor == 4
+
+
 @pytest.mark.parametrize("name", VARIANTS)
 def test_inferred_architecture(name, weights):
     cfg, enc, dec = infer_config(weights[name][0])
