@@ -21,7 +21,7 @@ class Spec:
     dec_t: tuple[int, int, int]  # TGrow strides
     super_decoder: bool = False
     cogvideox: bool = False
-    h3: bool = False  # encode 17-frame chunks (3 zero frames before, last 3 latents dropped), decode 5-latent chunks
+    h3: bool = False  # MiniMax H3's grid: 17c - 12 frames <-> 5c - 3 latents (see encode / decode)
 
 
 T4, T8 = ((2, 2, 1), (1, 2, 2)), ((2, 2, 2), (2, 2, 2))
@@ -149,35 +149,50 @@ def _run(ops: list[tuple], sd: dict[str, torch.Tensor], part: str, frames: list[
     return frames
 
 
-def _encode_chunk(s: Spec, sd: dict[str, torch.Tensor], frames: list[torch.Tensor]) -> list[torch.Tensor]:
-    t = s.enc_t[0] * s.enc_t[1] * s.enc_t[2]
-    if s.h3:
-        frames = [torch.zeros_like(frames[0])] * 3 + frames
-    frames = frames + [frames[-1]] * ((-len(frames)) % t)
-    z = _run(encoder_ops(s), sd, "encoder", [F.pixel_unshuffle(x, s.patch) for x in frames])
-    if s.h3:
-        z = z[:max(len(z) - 3, 1)]
-    return z
-
-
 def encode(s: Spec, sd: dict[str, torch.Tensor], video: torch.Tensor) -> torch.Tensor:
-    """video (N, T, 3, H, W) in [0, 1] -> latents (N, T', C, h, w)."""
+    """video (N, T, 3, H, W) in [0, 1] -> latents (N, T', C, h, w).
+
+    The end is padded with copies of the last frame to a multiple of t. H3: to the grid of 17c - 12 frames (the
+    inverse of its decode), then the encoder reads 3 zero frames before every 17 frames, all in one pass."""
+    t = s.enc_t[0] * s.enc_t[1] * s.enc_t[2]
     frames = list(video.unbind(1))
-    chunks = [frames[i:i + 17] for i in range(0, len(frames), 17)] if s.h3 else [frames]
-    return torch.stack([z for c in chunks for z in _encode_chunk(s, sd, c)], 1)
+    if s.h3:
+        c = 1
+        while 17 * c - 12 < len(frames):
+            c += 1
+        frames += [frames[-1]] * (17 * c - 12 - len(frames))
+        black = torch.zeros_like(frames[0])
+        frames = [x for k in range(0, len(frames), 17) for x in [black] * 3 + frames[k:k + 17]]
+    frames += [frames[-1]] * ((-len(frames)) % t)
+    z = _run(encoder_ops(s), sd, "encoder", [F.pixel_unshuffle(x, s.patch) for x in frames])
+    return torch.stack(z, 1)
 
 
 def decode(s: Spec, sd: dict[str, torch.Tensor], latents: torch.Tensor, time_up: tuple[bool, ...] | None = None,
-           space_up: tuple[bool, ...] | None = None) -> torch.Tensor:
-    """latents (N, T, C, h, w) -> frames (N, T', 3, H, W) in [0, 1]."""
+           space_up: tuple[bool, ...] | None = None, h3_black: bool = False) -> torch.Tensor:
+    """latents (N, T, C, h, w) -> frames (N, T', 3, H, W) in [0, 1].
+
+    H3 (as the third-party ports of the original's `_decode_h3_video` describe it): the frames of one pass are
+    zero-padded to whole 5-latent chunks, the first t-1 frames of each chunk dropped, then the last 3 latents'
+    worth (3t frames). That can leave padding (black) frames at the end, for T = 5k + 1 latents: tinyae leaves
+    those out; `h3_black=True` keeps them, as the original does."""
     lat = list(latents.unbind(1))
     strides = [st if (time_up is None or time_up[i]) else 1 for i, st in enumerate(s.dec_t)]
-    trim = strides[0] * strides[1] * strides[2] - 1
+    t = strides[0] * strides[1] * strides[2]
+    trim = t - 1
     if s.cogvideox and len(lat) % 2 == 0:
         trim = 0
-    chunks = [lat[i:i + 5] for i in range(0, len(lat), 5)] if s.h3 else [lat]
-    out = []
-    for c in chunks:
-        y = _run(decoder_ops(s), sd, "decoder", c, time_up, space_up)
-        out += [F.pixel_shuffle(x.clamp(0, 1), s.patch) for x in y][trim:]
-    return torch.stack(out, 1)
+    out = [F.pixel_shuffle(x.clamp(0, 1), s.patch) for x in _run(decoder_ops(s), sd, "decoder", lat, time_up,
+                                                                   space_up)]
+    if not s.h3:
+        return torch.stack(out[trim:], 1)
+    real = len(out)
+    out += [torch.zeros_like(out[0])] * ((-len(out)) % (5 * t))
+    kept, is_real = [], []
+    for k in range(0, len(out), 5 * t):
+        kept += out[k + trim:k + 5 * t]
+        is_real += [k + trim + j < real for j in range(5 * t - trim)]
+    kept, is_real = kept[:len(kept) - 3 * t], is_real[:len(kept) - 3 * t]
+    if not h3_black:
+        kept = [x for x, r in zip(kept, is_real) if r]
+    return torch.stack(kept, 1)

@@ -60,7 +60,34 @@ def test_frame_rules(models):
     assert [models["taew2_1"].decoded_frames(t) for t in (1, 2, 21)] == [1, 5, 81]
     assert [models["taeltx_2"].decoded_frames(t) for t in (1, 2, 3)] == [1, 9, 17]
     assert [models["taecvx"].decoded_frames(t) for t in (1, 2, 3, 4)] == [1, 8, 9, 16]
-    assert [models["taeh3"].decoded_frames(t) for t in (5, 6, 10)] == [17, 18, 34]
+    # taeh3: MiniMax H3's grid, 17c - 12 frames <-> 5c - 3 latents (H3's 124 frames are 37 latents)
+    assert [models["taeh3"].decoded_frames(t) for t in (1, 2, 5, 6, 7, 10, 37)] == [1, 5, 5, 18, 22, 22, 124]
+
+
+def test_taeh3_grid_and_the_original_black_frames(weights, models):
+    """Encode pads to H3's grid (5 -> 2 latents, 6 -> 7, 124 -> 37); decoding the grid gives it back. For
+    T = 5k + 1 latents the original ends with 4 black padding frames, which tinyae leaves out."""
+    sd, _ = weights["taeh3"]
+    m, s = models["taeh3"], ref.SPECS["taeh3"]
+    with torch.no_grad():
+        for frames, latents in ((1, 2), (5, 2), (6, 7), (22, 7), (23, 12)):
+            z = m.encode_video(_video(m, frames, seed=frames))
+            assert z.shape[1] == latents and m.decoded_frames(latents) == 17 * (latents + 3) // 5 - 12
+        z = torch.randn(1, 6, m.config.latent_channels, 1, 1, generator=torch.Generator().manual_seed(2))
+        ours, original = m.decode_video(z), ref.decode(s, sd, z, h3_black=True)
+        assert ours.shape[1] == 18 and original.shape[1] == 22
+        torch.testing.assert_close(original[:, :18], ours, atol=TOL, rtol=0)
+        assert original[:, 18:].abs().max() == 0
+    from tinyae.video.frames import grid_frames
+
+    assert [grid_frames(m.config, n) for n in (1, 5, 6, 22, 23, 124)] == [5, 5, 22, 22, 39, 124]
+
+
+def test_two_flag_time_upscale_is_the_originals_short_form():
+    from tinyae.video import VideoConfig
+
+    assert VideoConfig(decoder_time_upscale=(False, False)).decoder_time_upscale == (False, False, False)
+    assert VideoConfig(decoder_time_upscale=(True, True)).time_factor == 4
 
 
 @pytest.mark.parametrize("name", VARIANTS)

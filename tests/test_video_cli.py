@@ -143,3 +143,38 @@ def test_cli_video_precision(tmp_path, model_file, capsys):
     assert main(["encode", str(video), "-o", str(tmp_path / "x"), "-m", m, "--precision", "bf16",
                  "--dtype", "float16"]) == 1
     assert "--dtype float16 sets the dtype of --precision exact" in capsys.readouterr().err
+
+
+def test_cli_video_tile_equals_untiled(tmp_path, model_file, capsys):
+    """--tile: exact spatial row bands (16 latent rows); 136-pixel frames (17 latent rows) make two bands."""
+    from safetensors.torch import load_file
+
+    frames = tmp_path / "frames"
+    write_frames(frames, iter(_frames(5, 136, 16)), fps=8)  # PNG frames: exact input
+    m = str(model_file)
+    z = {}
+    for name, extra in (("plain", []), ("tiled", ["--tile"])):
+        out = tmp_path / name
+        assert main(["encode", str(frames), "-o", str(out), "-m", m, "--precision", "exact", "--json", *extra]) == 0
+        assert json.loads(capsys.readouterr().out)["tile_rows"] == (16 if extra else None)
+        z[name] = load_file(str(out / "frames.safetensors"))["latents"]
+    assert z["plain"].shape == (1, 16, 2, 17, 2)
+    torch.testing.assert_close(z["tiled"], z["plain"], atol=1e-5, rtol=0)
+
+    # decode: the float frames before 8-bit rounding, through the CLI's own model, tiled vs untiled
+    import tinyae.video.cli as vcli
+
+    seen = {}
+    real = vcli._to_uint8
+    for name, extra in (("plain", []), ("tiled", ["--tile"])):
+        seen[name] = []
+        vcli._to_uint8 = lambda f, keep=seen[name]: (keep.append(f.clone()), real(f))[1]
+        try:
+            assert main(["decode", str(tmp_path / "plain" / "frames.safetensors"), "-o", str(tmp_path / f"d{name}"),
+                         "--frames", "-m", m, "--precision", "exact", *extra]) == 0
+        finally:
+            vcli._to_uint8 = real
+    assert len(seen["plain"]) == 5 and seen["plain"][0].shape[-2:] == (136, 16)
+    torch.testing.assert_close(torch.stack(seen["tiled"]), torch.stack(seen["plain"]), atol=1e-5, rtol=0)
+    assert main(["encode", str(frames), "-o", str(tmp_path / "x"), "-m", m, "--backend", "onnxruntime"]) == 1
+    assert "video models run in torch" in capsys.readouterr().err

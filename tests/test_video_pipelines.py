@@ -12,7 +12,7 @@ from tinyae.video.pipelines import PipelineVideoVAE, video_pipeline_family
 from tinyae.video.preview import VideoLivePreview
 
 from tiny_pipelines import build as build_image, random_tae
-from tiny_video_pipelines import PIPELINES, build, random_video_tae
+from tiny_video_pipelines import CONDITIONED, PIPELINES, build, random_video_tae
 
 
 @pytest.fixture(autouse=True)
@@ -60,6 +60,49 @@ def test_text_to_video_decodes_the_denoised_latents_with_the_tae(name):
         torch.testing.assert_close(seen[0], to_tae(name, final["latents"], pipe, side), rtol=0, atol=0)
     expected = (tae.decode(seen[0]).sample.transpose(1, 2) / 2 + 0.5).clamp(0, 1)
     torch.testing.assert_close(video, expected, rtol=0, atol=1e-6)
+
+
+# frames out: the pipeline's own count (HunyuanVideo I2V's latent_concat drops the first 4 decoded frames)
+CONDITIONED_FRAMES = {"wan-i2v": 5, "wan-v2v": 5, "hunyuanvideo-i2v": 5, "cogvideox-i2v": 9, "cogvideox-v2v": 9,
+                      "ltx2-i2v": 9, "hunyuanvideo1.5-i2v": 5}
+
+
+@pytest.mark.parametrize("name", list(CONDITIONED))
+def test_image_and_video_to_video_encode_with_the_tae(name):
+    """These pipelines also encode (the image, or the source video) with the VAE: `retrieve_latents` reads
+    `.latents`, the pipelines' normalisation of the encoded latents is the identity, the video has their size."""
+    variant, frames, side = CONDITIONED[name]
+    tae = random_video_tae(variant)
+    pipe, kw = build(name, None)
+    vae = set_vae(pipe, tae)
+    encoded, decoded = [], []
+    enc, dec = vae.encode, vae.decode
+    vae.encode = lambda x, *a, **k: (encoded.append((x.clone(), out := enc(x, *a, **k))), out)[1]
+    vae.decode = lambda z, *a, **k: (decoded.append(z.clone()), dec(z, *a, **k))[1]
+    if name.endswith("-v2v"):
+        del kw["num_frames"]  # the source video's length
+    video = pipe(**kw, output_type="pt").frames
+    assert video.shape == (1, CONDITIONED_FRAMES[name], 3, side, side) and torch.isfinite(video).all()
+    assert encoded and len(decoded) == 1
+    for x, out in encoded:
+        assert x.ndim == 5 and x.shape[1] == 3 and x.min() >= -1 and x.max() <= 1
+        n = x.shape[2] if name.endswith("-v2v") or name == "wan-i2v" else 1
+        f, t = vae.spatial_compression_ratio, vae.temporal_compression_ratio
+        assert x.shape[2] == n  # an image is encoded as a 1-frame video: one latent, as the pipelines' VAEs give
+        assert out.latents.shape == (1, tae.config.latent_channels, -(-n // t), x.shape[3] // f, x.shape[4] // f)
+        torch.testing.assert_close(out.latents, tae.encode(x).latents, rtol=0, atol=0)
+    expected = (tae.decode(decoded[0]).sample.transpose(1, 2) / 2 + 0.5).clamp(0, 1)
+    torch.testing.assert_close(video, expected[:, expected.shape[1] - video.shape[1]:], rtol=0, atol=1e-6)
+
+
+def test_video_to_video_pipeline_built_with_the_pipeline_vae():
+    vae = PipelineVideoVAE.from_model(random_video_tae("taew2_1"))
+    assert vae.temperal_downsample == [False, True, True]  # WanVideoToVideoPipeline: 2**sum = 4, 2**len = 8
+    assert PipelineVideoVAE("taew2_2", encoder=False).temperal_downsample == [False, False, True, True]
+    pipe, kw = build("wan-v2v", vae)
+    del kw["num_frames"]
+    assert pipe.vae_scale_factor_temporal == 4 and pipe.vae_scale_factor_spatial == 8
+    assert pipe(**kw, output_type="pt").frames.shape == (1, 5, 3, 16, 16)
 
 
 def vae_family(vae):
@@ -157,3 +200,55 @@ def test_video_preview_arguments():
         LivePreview(tae, family="wan2.1")
     assert isinstance(LivePreview(random_tae("sd")), LivePreview)
     assert not isinstance(LivePreview(random_tae("sd")), VideoLivePreview)
+
+
+@pytest.mark.parametrize("name", ["cogvideox", "cogvideox-i2v"])
+def test_pipeline_save_pretrained_and_from_pretrained_keep_the_tae(name, tmp_path):
+    """`pipe.save_pretrained` writes the TAE as the pipeline's vae/ folder; `DiffusionPipeline.from_pretrained`
+    loads it back (model_index.json: ["tinyae.video.pipelines", "PipelineVideoVAE"]) and makes the same video."""
+    import diffusers
+
+    from tinyae import AutoencoderTinyVideo
+
+    variant = CONDITIONED.get(name, PIPELINES.get(name))[0]
+    pipe, kw = build(name, None)
+    set_vae(pipe, random_video_tae(variant))
+    pipe.save_pretrained(tmp_path)
+    assert pipe.config.vae == ("tinyae.video.pipelines", "PipelineVideoVAE")
+    nones = {k: None for k in ("text_encoder", "tokenizer")}
+    again = diffusers.DiffusionPipeline.from_pretrained(tmp_path, **nones)
+    assert type(again) is type(pipe) and type(again.vae) is PipelineVideoVAE and again.vae.config.variant == variant
+    assert all(torch.equal(a, b) for a, b in zip(again.vae.state_dict().values(), pipe.vae.state_dict().values()))
+    assert again.vae_scale_factor_spatial == 8 and again.vae_scaling_factor_image == 1.0
+    kw2 = dict(kw, generator=torch.Generator().manual_seed(0))
+    kw["generator"] = torch.Generator().manual_seed(0)
+    again.set_progress_bar_config(disable=True)
+    torch.testing.assert_close(again(**kw2, output_type="pt").frames, pipe(**kw, output_type="pt").frames,
+                               rtol=0, atol=1e-6)  # float rounding of the reloaded transformer
+    plain = AutoencoderTinyVideo.from_pretrained(tmp_path / "vae")  # the folder is an ordinary tinyae folder
+    assert plain.config.variant == variant
+
+
+@pytest.mark.slow  # a second Python process importing diffusers
+def test_saved_pipeline_loads_in_a_fresh_process(tmp_path):
+    """diffusers imports no module a model_index.json names: loading before tinyae.video.pipelines is imported fails
+    with diffusers' own error naming it; after the import it loads."""
+    import subprocess
+    import sys
+
+    pipe, _ = build("cogvideox", None)
+    set_vae(pipe, random_video_tae("taecvx"))
+    pipe.save_pretrained(tmp_path)
+    code = """if True:
+        import sys, diffusers
+        load = lambda: diffusers.DiffusionPipeline.from_pretrained(sys.argv[1], text_encoder=None, tokenizer=None)
+        try:
+            load()
+        except ValueError as e:
+            print("REFUSED", "import tinyae.video.pipelines before" in str(e))
+        import tinyae.video.pipelines
+        p = load()
+        print("LOADED", type(p.vae).__name__, p.vae.config.variant)"""
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-5:] == ["REFUSED", "True", "LOADED", "PipelineVideoVAE", "taecvx"]

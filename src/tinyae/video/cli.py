@@ -24,6 +24,7 @@ from ..cli import (MODEL_ENV, CliError, Job, Reporter, _optimized, check_output_
                    plan_outputs)
 from ..images import psnr, ssim
 from ..weights import WeightsError, atomic_write
+from .frames import needs_latent_count
 from .io import VIDEO_SUFFIXES, VideoError, frame_files, is_video_path, probe, read_frames, write_frames
 from .variants import is_video_variant
 
@@ -111,13 +112,23 @@ def load_video_model(args: argparse.Namespace, spec: str | None) -> Any:
                        "the precision chooses it (use --precision fp32, bf16 or fp16)")
     dtype = {"auto": torch.float32, "float32": torch.float32, "float16": torch.float16,
              "bfloat16": torch.bfloat16}[args.dtype]
+    if getattr(args, "backend", "torch") != "torch":
+        raise CliError(f"--backend {args.backend}: video models run in torch here; for ONNX export the streaming "
+                       "graphs with tinyae.video.onnx.export_video_onnx")
     model, used = _optimized(model.to(device, dtype), precision)  # --precision auto: optimize() where it runs
     model.__dict__["cli_precision"] = used
+    tile = getattr(args, "tile", False)
+    if tile:  # exact spatial row bands (tinyae.video.tiling); an int (--tile ROWS) sets the band height
+        model.enable_tiling(TILE_ROWS if tile is True else tile)
     return model
 
 
+TILE_ROWS = 16  # latent rows per band for --tile (128 pixel rows at 8x, 256 at 16x, 512 at 32x)
+
+
 def _summary(args: argparse.Namespace, model: Any) -> dict[str, Any]:
-    return {"model": args.model, "variant": model.config.variant, "precision": model.__dict__["cli_precision"]}
+    return {"model": args.model, "variant": model.config.variant, "precision": model.__dict__["cli_precision"],
+            "tile_rows": model.tile_rows}
 
 
 def collect_videos(paths: list[str]) -> list[Job]:
@@ -259,7 +270,7 @@ def cmd_roundtrip(args: argparse.Namespace) -> int:
         check_output_folder(plan_outputs(jobs, Path(args.output), lambda j: j.input.stem + ".decoded.mp4", ()))
         handle_existing(jobs, args.force, args.resume)
     model = load_video_model(args, args.model or os.environ.get(MODEL_ENV))
-    if model.config.frames.keep_all_for_even_latents:
+    if needs_latent_count(model.config):
         raise CliError(f"roundtrip streams frames; {model.config.variant} needs the latent count up front "
                        "(encode, then decode)")
 

@@ -35,6 +35,8 @@ class VideoConfig:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         for name in _FLAGS:
             v = tuple(getattr(self, name))
+            if name == "decoder_time_upscale" and len(v) == 2:  # the original's two-stage form: no first stage
+                v = (False, *v)
             if len(v) != 3 or not all(isinstance(b, bool) for b in v):
                 raise ValueError(f"{name} must be three booleans (one per stage), got {getattr(self, name)!r}")
             object.__setattr__(self, name, v)

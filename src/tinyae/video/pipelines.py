@@ -144,22 +144,49 @@ class PipelineVideoVAE(AutoencoderTinyVideo):
     def spatial_compression_ratio(self) -> int:
         return self.config.encoder_space_factor
 
+    @property
+    def temperal_downsample(self) -> list[bool]:  # (sic) WanVideoToVideoPipeline reads 2**sum and 2**len of it
+        c = self.config
+        steps, time = c.encoder_space_factor.bit_length() - 1, c.encoder_time_factor.bit_length() - 1
+        return [False] * (steps - time) + [True] * time
+
     def decode(self, z: torch.Tensor, temb: Any = None, return_dict: bool = True, parallel: bool = True,
                **_: Any) -> DecoderOutput | tuple[torch.Tensor]:
         """As `AutoencoderTinyVideo.decode`; accepts (and ignores) LTX-2's decode timestep `temb`."""
         return super().decode(z, return_dict=return_dict, parallel=parallel)
 
 
+def register_with_diffusers() -> None:
+    """Let `DiffusionPipeline.save_pretrained` / `from_pretrained` save and load a `PipelineVideoVAE` component.
+
+    diffusers saves and loads only components whose class derives from one in its `LOADABLE_CLASSES` table (short
+    of executing a .py file shipped with the weights), so this adds this module's `PipelineVideoVAE` to it; the
+    pipeline's model_index.json then names it as ["tinyae.video.pipelines", "PipelineVideoVAE"], and loading
+    imports this module, which registers it again. Idempotent; done when this module is imported."""
+    try:
+        from diffusers.pipelines import pipeline_loading_utils as plu
+    except ImportError:  # diffusers absent: nothing to register with
+        return
+    methods = ["save_pretrained", "from_pretrained"]
+    plu.LOADABLE_CLASSES.setdefault(__name__, {})["PipelineVideoVAE"] = methods
+    plu.ALL_IMPORTABLE_CLASSES["PipelineVideoVAE"] = methods  # the same dict the loaders were handed
+
+
 def set_video_vae(pipe: Any, model: AutoencoderTinyVideo) -> PipelineVideoVAE:
     """Check `model` against the video pipeline (`check_video_vae`), then make it `pipe.vae`; return it."""
     check_video_vae(model, pipe)
+    register_with_diffusers()
     vae = PipelineVideoVAE.from_model(model)
-    pipe.vae = vae
+    if hasattr(pipe, "register_modules"):  # also records it in model_index.json (`pipe.vae =` does not when the
+        pipe.register_modules(vae=vae)     # pipeline was built with vae=None)
+    else:
+        pipe.vae = vae
     # the ratios pipelines cache at construction (from the VAE they were built with, or their defaults)
     ratios = {"vae_scale_factor_spatial": vae.spatial_compression_ratio,
               "vae_spatial_compression_ratio": vae.spatial_compression_ratio,
               "vae_scale_factor_temporal": vae.temporal_compression_ratio,
               "vae_temporal_compression_ratio": vae.temporal_compression_ratio, "vae_scaling_factor_image": 1.0,
+              "vae_scaling_factor": 1.0,
               "num_channels_latents": vae.config.latent_channels}
     for name, value in ratios.items():
         if hasattr(pipe, name):
@@ -168,3 +195,6 @@ def set_video_vae(pipe: Any, model: AutoencoderTinyVideo) -> PipelineVideoVAE:
     if processor is not None and hasattr(processor, "register_to_config"):
         processor.register_to_config(vae_scale_factor=vae.spatial_compression_ratio)
     return vae
+
+
+register_with_diffusers()

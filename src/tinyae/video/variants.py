@@ -45,10 +45,10 @@ class FrameRule:
     """How a variant maps frame counts (beyond padding the end to the time factor and trimming t-1 frames)."""
 
     keep_all_for_even_latents: bool = False  # CogVideoX: no trim when the latent count is even
-    encode_chunk: int | None = None  # frames per independently encoded chunk (taeh3: 17)
-    encode_front_zeros: int = 0  # zero frames put before each chunk (taeh3: 3)
-    encode_drop_last: int = 0  # latents dropped from the end of each chunk (taeh3: 3)
-    decode_chunk: int | None = None  # latents per independently decoded chunk, each trimmed (taeh3: 5)
+    encode_chunk: int | None = None  # frames per chunk of the frame grid (taeh3: 17; one pass over all chunks)
+    encode_front_zeros: int = 0  # zero frames the encoder reads before each chunk (taeh3: 3)
+    encode_drop_last: int = 0  # latents the last chunk lacks: the grid is 5c - 3 latents, 17c - 12 frames (taeh3: 3)
+    decode_chunk: int | None = None  # latents per chunk whose first t-1 decoded frames are dropped (taeh3: 5)
 
 
 @dataclass(frozen=True)
