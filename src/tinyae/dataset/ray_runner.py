@@ -119,10 +119,10 @@ def _identities(batch: Any, reader: str, rows_in: dict[str, int]) -> list[str]:
         return [f"{_norm(u)}::{k}" for u, k in zip(batch["__url__"].to_pylist(), batch["__key__"].to_pylist())]
     out = []
     for p, h in zip(batch["path"].to_pylist(), batch["row_hash"].to_pylist()):
-        row = row_of_hash(p, h)
-        if row >= rows_in[_norm(p)]:  # would pair a key with another row's image: refuse
-            raise RuntimeError(f"{p}: Ray's row_hash {h} does not encode a row of the file (this Ray's read_parquet "
-                               "hashes rows differently from Ray 2.60); use --runner local")
+        row, rows = row_of_hash(p, h), rows_in.get(_norm(p))
+        if rows is None or row >= rows:  # would pair a key with another row's image: refuse
+            raise RuntimeError(f"{p}: Ray's read_parquet gave a row (row_hash {h}) that is no row of the files "
+                               "planned (does this Ray hash rows differently from Ray 2.60?); use --runner local")
         out.append(f"{_norm(p)}::{row}")
     return out
 
