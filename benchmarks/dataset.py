@@ -2,7 +2,7 @@
 the Ray runner on a local 2-node cluster vs the local runner, the time to resume after kill -9, and LatentDataset
 read-back (Parquet and safetensors shards) vs one .npz per image.
 
-    python benchmarks/dataset.py --images 2000 --size 512 --subset 200 --ray   # the setting (~25 min)
+    python benchmarks/dataset.py --images 2000 --size 512 --subset 200 --ray   # the setting (~27 min)
     python benchmarks/dataset.py --images 2000 --size 512 --ray                # all of it on 2,000 (over 1 h)
     python benchmarks/dataset.py --images 40 --size 128 --ray                  # a check that it runs
     python benchmarks/dataset.py --images 400 --size 256 --read-only           # read-back only

@@ -96,12 +96,13 @@ def test_ray_reads_every_source_kind_like_the_local_runner(cluster, tmp_path):
     """Ray's readers bring the bytes of every kind: a list with a missing file (an error row, not a failed Ray
     read; its shard has no readable file at all) through read_binary_files, Parquet image bytes (Hugging Face's
     struct, default keys, rows across row groups) through read_parquet's row hash, WebDataset members (beside
-    other members) through read_webdataset. Same markers and shard files as the local runner."""
+    other members, of two suffixes) through read_webdataset. Same markers and shard files as the local runner."""
     import io
     import tarfile
 
     import pyarrow as pa
     import pyarrow.parquet as pq
+    from PIL import Image
 
     from tinyae.dataset import open_source
     from tinyae.dataset.ray_runner import reader_of
@@ -113,12 +114,17 @@ def test_ray_reads_every_source_kind_like_the_local_runner(cluster, tmp_path):
     lst.write_text("\n".join([*map(str, files), "src/im00.png", "zz-missing.png"]) + "\n")  # im00 listed twice
     pq.write_table(pa.table({"image": [{"bytes": p.read_bytes(), "path": p.name} for p in files]}),
                    tmp_path / "bytes.parquet", row_group_size=2)
-    with tarfile.open(tmp_path / "shard-0.tar", "w") as tar:
+    with tarfile.open(tmp_path / "shard-0.tar", "w") as tar:  # .png and .jpg samples, each with a .txt
         for i, p in enumerate(files):
-            tar.add(p, arcname=f"s/{i:04d}.png")
-            info = tarfile.TarInfo(f"s/{i:04d}.txt")
-            info.size = 3
-            tar.addfile(info, io.BytesIO(b"cat"))
+            data = p.read_bytes()
+            if i % 2:
+                jpg = io.BytesIO()
+                Image.open(p).convert("RGB").save(jpg, "JPEG")
+                data = jpg.getvalue()
+            for name, b in ((f"s/{i:04d}.{'jpg' if i % 2 else 'png'}", data), (f"s/{i:04d}.txt", b"cat")):
+                info = tarfile.TarInfo(name)
+                info.size = len(b)
+                tar.addfile(info, io.BytesIO(b))
     sources = {"list": open_source([str(lst)]), "parquet": open_source([str(tmp_path / "bytes.parquet")]),
                "webdataset": open_source([str(tmp_path / "shard-0.tar")])}
     assert [reader_of(s) for s in sources.values()] == ["binary_files", "parquet", "webdataset"]

@@ -2,11 +2,11 @@
 
 Ray's own readers bring the bytes of every source kind: `read_binary_files` for files (a folder, a list, Parquet
 with a path column), `read_parquet(include_paths=True, include_row_hash=True)` for Parquet image bytes and
-`read_webdataset(decoder=None)` for WebDataset members. A `map_batches` tags each row with its planned shard (and
-locator), `groupby("shard").map_groups(...)` packs each shard's bytes into one row, and `map_batches(_ShardEncoder,
-compute=ray.data.ActorPoolStrategy(size=workers))` hands each row to an actor: it gets one whole shard's bytes,
-runs the very `ShardWorker` the local runner uses on them (in plan order, so the rows are byte for byte the local
-runner's) and writes the shard and its marker into OUT (a folder every node sees).
+`read_webdataset(decoder=None)` for WebDataset members (renamed to one column). A `map_batches` tags each row
+with its planned shard (and locator), `groupby("shard").map_groups(...)` packs each shard's bytes into one row,
+and `map_batches(_ShardEncoder, compute=ray.data.ActorPoolStrategy(size=workers))` hands each row to an actor: it
+gets one whole shard's bytes, runs the very `ShardWorker` the local runner uses on them (in plan order, so the rows
+are byte for byte the local runner's) and writes the shard and its marker into OUT (a folder every node sees).
 
 The group-by is an all-to-all exchange (it needs all its input before it emits a group), so shards go through
 Ray in waves of `WAVE_PER_WORKER * workers` shards, each read and grouped (materialized in the object store)
@@ -20,6 +20,7 @@ once. docs/dataset.md says why Ray's `write_parquet` and `CheckpointConfig` are 
 from __future__ import annotations
 
 import hashlib
+import posixpath
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -33,6 +34,7 @@ INIT_DEATHS = 3  # actors that may die while loading the model (killed, OOM) bef
 _MASK = (1 << 64) - 1
 _MIX = (0xBF58476D1CE4E5B9, 0x94D049BB133111EB)  # splitmix64's multipliers (Ray's row_hash)
 _UNMIX = tuple(pow(m, -1, 1 << 64) for m in _MIX)
+_IMAGE = "tinyae_image"  # the column of a WebDataset member's bytes (_rename)
 
 
 def reader_of(source: Source) -> str:
@@ -159,17 +161,25 @@ def _wanted(source: Source, reader: str, wave: Sequence[tuple[int, list[Item]]]
             elif reader == "parquet":
                 path, row = it.locator.rsplit("::", 1)
                 ident, column = f"{_norm(path)}::{row}", str(source.image_column)
-            else:  # webdataset: the member's column is its name after the first dot ("jpg", "seg.png")
-                tar, member = it.locator.rsplit("::", 1)
-                member = member.rsplit("@", 1)[0]
-                ident, column = f"{_norm(tar)}::{it.key}", member.rsplit("/", 1)[-1].split(".", 1)[1]
+            else:  # webdataset: the wave's members are renamed to one column (see _read)
+                tar = it.locator.rsplit("::", 1)[0]
+                ident, column = f"{_norm(tar)}::{it.key}", _IMAGE
             wanted.setdefault(ident, []).append((s, it.locator, column))
     files = {i if reader == "binary_files" else i.rsplit("::", 1)[0] for i in wanted}
     return wanted, sorted(files)
 
 
-def _member_in(members: frozenset[str], name: str) -> bool:
-    return name in members
+def _rename(members: frozenset[str], name: str) -> str:
+    """A wanted WebDataset member's name -> <its key>.tinyae_image: every sample then has its image bytes in one
+    column of one type (members of another suffix would give columns of bytes and NaN, which Ray pickles)."""
+    if name not in members:
+        return name
+    folder, base = posixpath.split(name)
+    return f"{posixpath.join(folder, base.split('.', 1)[0])}.{_IMAGE}"
+
+
+def _renamed(name: str) -> bool:
+    return name.endswith(f".{_IMAGE}")
 
 
 def _read(ray: Any, source: Source, reader: str, files: list[str], wave: Sequence[tuple[int, list[Item]]]) -> Any:
@@ -181,7 +191,7 @@ def _read(ray: Any, source: Source, reader: str, files: list[str], wave: Sequenc
         return ray.data.read_parquet(files, include_paths=True, include_row_hash=True, file_extensions=None
                                      ).select_columns(cols)
     members = frozenset(it.locator.rsplit("::", 1)[1].rsplit("@", 1)[0] for _, items in wave for it in items)
-    return ray.data.read_webdataset(files, decoder=None, fileselect=partial(_member_in, members))
+    return ray.data.read_webdataset(files, decoder=None, filerename=partial(_rename, members), fileselect=_renamed)
 
 
 def _pack(group: Any) -> Any:
