@@ -2,37 +2,29 @@
 a worker actor is killed with SIGKILL mid-job, the job still finishes with every row exactly once, and the shards
 are byte for byte the ones the local runner writes; each runner resumes the other's job.
 
-The cluster's processes are stopped through the `ray start --block` processes this test started (SIGTERM to
-their ids), not `ray stop`, which would stop every Ray cluster of this user on a shared machine.
+The cluster (tinyae.dataset.ray_local.local_cluster) is stopped through the `ray start --block` processes it
+started (SIGTERM to their ids), not `ray stop`, which would stop every Ray cluster of this user on a shared
+machine.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
 from tinyae.dataset import encode_dataset
+from tinyae.dataset.ray_local import local_cluster
 
 from test_dataset import PRE, child_env, make_images, rows_by_key, tiny_model
 
 pytestmark = pytest.mark.slow
-RAY = str(Path(sys.executable).with_name("ray"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ray_processes(title: str) -> list[int]:
@@ -51,45 +43,9 @@ def ray_processes(title: str) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    # a short --temp-dir: Ray's socket paths below it must fit AF_UNIX's 107 bytes (pytest-xdist's tmp paths do not)
-    port, tmp = free_port(), Path(tempfile.mkdtemp(prefix="tinyae-ray-", dir="/tmp"))
-    common = ["--num-cpus=1", "--object-store-memory=80000000", "--memory=1000000000", "--disable-usage-stats",
-              "--block"]
-    env = {**child_env(), "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
-    # Ray 2.60 turns token authentication on by itself when ~/.ray/auth_token exists (any earlier ray.init() of
-    # this user writes one), and then every client needs the token: this 127.0.0.1 test cluster runs without it
-    saved_mode = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = env["RAY_AUTH_MODE"] = "disabled"  # (read by child_env() and ray.init here)
-    nodes = [subprocess.Popen([RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-                               "--include-dashboard=false", f"--temp-dir={tmp}", *common], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)]
-    address = f"127.0.0.1:{port}"
-    try:
-        time.sleep(8)
-        nodes.append(subprocess.Popen([RAY, "start", f"--address={address}", "--node-ip-address=127.0.0.1",
-                                       *common], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                      start_new_session=True))
-        # the second node can take minutes to register on a loaded 2-core machine (the rest of the suite runs beside)
-        check = "import ray, time\nray.init(address='%s')\nfor _ in range(240):\n" \
-                "    if ray.cluster_resources().get('CPU', 0) >= 2: break\n    time.sleep(1)\n" \
-                "print(len(ray.nodes()), ray.cluster_resources().get('CPU'))" % address
-        got = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True, timeout=300)
-        assert got.stdout.split()[-2:] == ["2", "2.0"], got.stderr[-2000:]
+def cluster():
+    with local_cluster(nodes=2, cpus_per_node=1, env=child_env()) as address:  # both nodes on 127.0.0.2
         yield address
-    finally:
-        if saved_mode is None:
-            os.environ.pop("RAY_AUTH_MODE", None)
-        else:
-            os.environ["RAY_AUTH_MODE"] = saved_mode
-        for p in reversed(nodes):
-            p.send_signal(signal.SIGTERM)
-        for p in reversed(nodes):
-            try:
-                p.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_ray_cluster_worker_killed_mid_job_every_row_once(cluster, tmp_path):
@@ -136,23 +92,42 @@ def test_ray_cluster_worker_killed_mid_job_every_row_once(cluster, tmp_path):
     assert rows_by_key(local).keys() == ray_rows.keys()
 
 
-def test_ray_reads_lists_and_container_rows_like_the_local_runner(cluster, tmp_path):
-    """A list with a missing file (an error row, not a failed Ray read; its shard has no readable file at all)
-    goes through Ray's file reader; Parquet image bytes through the actors' own fetch. Same markers as local."""
+def test_ray_reads_every_source_kind_like_the_local_runner(cluster, tmp_path):
+    """Ray's readers bring the bytes of every kind: a list with a missing file (an error row, not a failed Ray
+    read; its shard has no readable file at all) through read_binary_files, Parquet image bytes (Hugging Face's
+    struct, default keys, rows across row groups) through read_parquet's row hash, WebDataset members (beside
+    other members, of two suffixes) through read_webdataset. Same markers and shard files as the local runner."""
+    import io
+    import tarfile
+
     import pyarrow as pa
     import pyarrow.parquet as pq
+    from PIL import Image
 
     from tinyae.dataset import open_source
-    from tinyae.dataset.ray_runner import ray_reads
+    from tinyae.dataset.ray_runner import reader_of
 
     files = make_images(tmp_path / "src", 5)
     model = tmp_path / "model"
     tiny_model().save_pretrained(model)
     lst = tmp_path / "list.txt"
     lst.write_text("\n".join([*map(str, files), "src/im00.png", "zz-missing.png"]) + "\n")  # im00 listed twice
-    pq.write_table(pa.table({"image": [p.read_bytes() for p in files]}), tmp_path / "bytes.parquet")
-    sources = {"list": open_source([str(lst)]), "parquet": open_source([str(tmp_path / "bytes.parquet")])}
-    assert [ray_reads(s) for s in sources.values()] == [True, False]
+    pq.write_table(pa.table({"image": [{"bytes": p.read_bytes(), "path": p.name} for p in files]}),
+                   tmp_path / "bytes.parquet", row_group_size=2)
+    with tarfile.open(tmp_path / "shard-0.tar", "w") as tar:  # .png and .jpg samples, each with a .txt
+        for i, p in enumerate(files):
+            data = p.read_bytes()
+            if i % 2:
+                jpg = io.BytesIO()
+                Image.open(p).convert("RGB").save(jpg, "JPEG")
+                data = jpg.getvalue()
+            for name, b in ((f"s/{i:04d}.{'jpg' if i % 2 else 'png'}", data), (f"s/{i:04d}.txt", b"cat")):
+                info = tarfile.TarInfo(name)
+                info.size = len(b)
+                tar.addfile(info, io.BytesIO(b))
+    sources = {"list": open_source([str(lst)]), "parquet": open_source([str(tmp_path / "bytes.parquet")]),
+               "webdataset": open_source([str(tmp_path / "shard-0.tar")])}
+    assert [reader_of(s) for s in sources.values()] == ["binary_files", "parquet", "webdataset"]
     for name, src in sources.items():
         runs = {}
         for runner in ("ray", "local"):
@@ -161,6 +136,18 @@ def test_ray_reads_lists_and_container_rows_like_the_local_runner(cluster, tmp_p
                                           threads=1, runner=runner, address=cluster, workers=2)
         assert runs["ray"]["rows"] == runs["local"]["rows"] == 10 + 2 * (name == "list"), name
         assert runs["ray"]["errors"] == (name == "list"), name
+        assert runs["ray"]["fetched_by_workers"] == (name == "list"), name  # only the missing file
         for m in sorted((tmp_path / f"{name}-local" / "shards").glob("*.done.json")):
             a = json.loads((tmp_path / f"{name}-ray" / "shards" / m.name).read_text())
             assert a == json.loads(m.read_text()), (name, m.name)
+
+
+def test_row_of_hash_inverts_rays_parquet_row_hash():
+    from ray.data._internal.datasource_v2.common.synthesized_columns import _compute_row_hashes
+
+    from tinyae.dataset.ray_runner import row_of_hash
+
+    for path in ("/data/a.parquet", "/tmp/x y/ü.parquet"):
+        for start in (0, 4097, 2 ** 40):
+            hashes = _compute_row_hashes(path, start, 64)
+            assert [row_of_hash(path, h) for h in hashes.tolist()] == list(range(start, start + 64))

@@ -66,7 +66,9 @@ def encode_dataset(source: Source | str | Sequence[str], out: str | Path, model:
 
     `model`: a tinyae AutoencoderTiny (encoded through `optimize(precision)` unless optimize=False), a diffusers
     AutoencoderKL (the teacher: rows also get its posterior mean and logvar), or a `--model` value.
-    Returns a summary: images and shards in the plan, shards made now, rows and errors in the dataset, seconds.
+    Returns a summary: images and shards in the plan, shards made now, rows and errors in the dataset, seconds;
+    with the Ray runner also `fetched_by_workers`: images whose bytes Ray's readers did not bring (listed files that
+    do not exist, tried by the actors and recorded as errors).
     Raises DatasetError when `out` holds another job (other model sha, precision, preprocessing, dtype, format).
     """
     started = time.perf_counter()
@@ -102,8 +104,9 @@ def encode_dataset(source: Source | str | Sequence[str], out: str | Path, model:
     elif work:
         from .ray_runner import run_on_ray
 
-        run_on_ray(out, source, spec, pre, net, optimize, work, batch_size=batch_size, threads=threads,
-                   address=address, workers=workers, num_gpus=num_gpus, on_progress=on_progress)
+        summary["fetched_by_workers"] = run_on_ray(  # images Ray's readers did not bring (missing files)
+            out, source, spec, pre, net, optimize, work, batch_size=batch_size, threads=threads, address=address,
+            workers=workers, num_gpus=num_gpus, on_progress=on_progress)
     markers = dict(done_shards(out))
     summary.update(rows=sum(m["rows"] for s, m in markers.items() if s in plan),
                    errors=write_errors(out), seconds=round(time.perf_counter() - started, 3))
