@@ -225,8 +225,8 @@ def test_bench_and_export_onnx_forward_their_argv(monkeypatch, capsys):
     seen = {}
     monkeypatch.setitem(sys.modules, "tinyae.cli.bench", types.SimpleNamespace(main=lambda argv: seen.setdefault(
         "bench", argv) and 0))
-    monkeypatch.setitem(sys.modules, "tinyae.engine.runtime", types.SimpleNamespace(
-        export_onnx_main=lambda argv: seen.setdefault("onnx", argv) and 3))
+    monkeypatch.setitem(sys.modules, "tinyae.cli.export_onnx", types.SimpleNamespace(
+        main=lambda argv: seen.setdefault("onnx", argv) and 3))
     assert cli.main(["bench", "--quick", "x"]) == 0
     assert cli.main(["export-onnx", "--help"]) == 3
     assert seen == {"bench": ["--quick", "x"], "onnx": ["--help"]}

@@ -11,7 +11,8 @@ from PIL import Image
 
 from tinyae import load_latents
 from tinyae.data.images import psnr
-from tinyae.engine.runtime import OptimizedAutoencoderTiny, explain_precision
+from tinyae.autoencoder import OptimizedAutoencoderTiny
+from tinyae.engine.runtime import explain_precision
 
 from conftest import IMAGES, TAEF2
 from test_cli import run_cli

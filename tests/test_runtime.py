@@ -15,7 +15,8 @@ from conftest import PHOTOS, load_photo, psnr
 from tinyae import AutoencoderTiny
 from tinyae.engine import runtime
 from tinyae.nets.blocks import Block
-from tinyae.engine.runtime import (FastBlock, FastUpsampleConv, OptimizedAutoencoderTiny, cpu_has_fast_bf16, optimize,
+from tinyae.autoencoder import OptimizedAutoencoderTiny
+from tinyae.engine.runtime import (FastBlock, FastUpsampleConv, cpu_has_fast_bf16, optimize,
                             resolve_precision, upsample_deconv_weights)
 from tinyae.nets.variants import variant_config
 

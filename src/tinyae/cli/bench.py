@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..nets.model import AutoencoderTiny
+from ..autoencoder import AutoencoderTiny
 
 DEFAULT_SOURCE = "taef2"  # the hub variant; benchmarks/bench.py passes the real weights in ../shared instead
 

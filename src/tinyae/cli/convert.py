@@ -38,7 +38,7 @@ def _convert_targets(to: str, dst: Path, name: str, pth: bool, model: Any) -> li
 def cmd_convert(args: argparse.Namespace) -> int:
     import torch
 
-    from ..nets.model import AutoencoderTiny
+    from ..autoencoder import AutoencoderTiny
     from ..io.weights import WeightsError, atomic_write, save_comfyui, save_diffusers, save_original, state_dict_of
 
     rep, started = Reporter(args.json), time.perf_counter()
@@ -73,7 +73,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     else:
         from safetensors.torch import save_file
 
-        from .. import __version__
+        from .._version import __version__
 
         meta = {"format": "pt", "config": model.config.to_json_string(), "tinyae_version": __version__}
         sd = state_dict_of(model)

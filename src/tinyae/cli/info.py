@@ -32,7 +32,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     if (rc := _video("info", args)) is not None:
         return rc
     from ..nets.config import UNCHECKED_BY_TENSORS
-    from ..nets.model import AutoencoderTiny
+    from ..autoencoder import AutoencoderTiny
     from ..nets.variants import VARIANTS, variant_config
     from ..io.weights import WeightsError, identify, sha256_file
 

@@ -81,7 +81,7 @@ def load_model(spec: str, device: str = "cpu", dtype: str = "float32") -> tuple[
     """(model, source) for a --model value; WeightsError / CliError with one-line messages."""
     import torch
 
-    from ..nets.model import AutoencoderTiny
+    from ..autoencoder import AutoencoderTiny
     from ..io.weights import WeightsError
 
     source = model_source(spec)

@@ -46,7 +46,7 @@ class LatentFileError(ValueError):
 
 
 def _version() -> str:
-    from .. import __version__
+    from .._version import __version__
 
     return __version__
 

@@ -21,11 +21,9 @@ Callers keep passing and receiving their own dtype (AutoencoderTiny casts at the
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
-import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -37,7 +35,7 @@ import torch.nn.functional as F
 
 from ..nets.blocks import Block, Clamp, Decoder, Encoder
 from ..nets.layers import Geometry, declare, geometry
-from ..nets.model import AutoencoderTiny, AutoencoderTinyOutput, DecoderOutput, MissingPartError
+from ..nets.model import AutoencoderTinyBase, AutoencoderTinyOutput, DecoderOutput, MissingPartError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -582,8 +580,9 @@ def _is_3x3_same(conv: nn.Conv2d) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- optimize
-class OptimizedAutoencoderTiny(AutoencoderTiny):
-    """What `optimize` returns: the AutoencoderTiny API over FastNet encoder/decoder. Inference only.
+class Optimized:
+    """What an optimized copy adds to its model class (mixed in before it): inference only, saving and
+    re-optimizing go to the model it was built from (`__dict__["_source"]`).
 
     `precision` ("fp32", "bf16", "fp16") and `dtype` say how it computes; `save_pretrained`/`save_original` write
     the original weights it was built from.
@@ -601,15 +600,19 @@ class OptimizedAutoencoderTiny(AutoencoderTiny):
     def enable_gradient_checkpointing(self) -> None:
         raise ValueError("an optimized model is inference-only; enable gradient checkpointing on the original")
 
-    def optimize(self, precision: str = "auto", **kw: Any) -> "OptimizedAutoencoderTiny":
+    def optimize(self, precision: str = "auto", **kw: Any) -> "Optimized":
         return optimize(self.__dict__["_source"], precision, **kw)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", precision={self.precision}"
 
 
-def optimize(model: AutoencoderTiny, precision: str = "auto", *, rewrite: bool = True, compile: bool = False,
-             cuda_graphs: bool = False) -> OptimizedAutoencoderTiny:
+class OptimizedAutoencoderTinyBase(Optimized, AutoencoderTinyBase):
+    """What `optimize` returns for a bare network (a class without an `optimized_class`)."""
+
+
+def optimize(model: AutoencoderTinyBase, precision: str = "auto", *, rewrite: bool = True, compile: bool = False,
+             cuda_graphs: bool = False) -> Optimized:
     """A copy of `model` whose encode/decode run as fast as this device allows; `model` itself is unchanged.
 
     precision: "auto" (CPU: bfloat16 with AVX512-BF16/AMX, else float32; CUDA: float16), "fp32" (the eager
@@ -618,11 +621,12 @@ def optimize(model: AutoencoderTiny, precision: str = "auto", *, rewrite: bool =
     rewrite: compute nearest-2x-upsample + 3x3 conv as a 2x2 conv on the low-resolution input (same function).
     compile: wrap encoder and decoder in torch.compile (CUDA; on CPU the fused oneDNN path is already faster).
     cuda_graphs: with compile on CUDA, capture CUDA graphs (mode "reduce-overhead"); best for fixed shapes.
-    The result is inference-only (inputs that require grad raise ValueError) and tied to the model's device.
+    The result is inference-only (inputs that require grad raise ValueError) and tied to the model's device. Its
+    class is the model class's `optimized_class` (tinyae.AutoencoderTiny: OptimizedAutoencoderTiny, a subclass).
     """
-    if not isinstance(model, AutoencoderTiny):
+    if not isinstance(model, AutoencoderTinyBase):
         raise ValueError(f"optimize expects a tinyae AutoencoderTiny, got {type(model).__name__}")
-    if isinstance(model, OptimizedAutoencoderTiny):
+    if isinstance(model, Optimized):
         model = model.__dict__["_source"]
     if not isinstance(compile, bool) or not isinstance(cuda_graphs, bool) or not isinstance(rewrite, bool):
         raise ValueError("rewrite, compile and cuda_graphs must be bools")
@@ -634,7 +638,8 @@ def optimize(model: AutoencoderTiny, precision: str = "auto", *, rewrite: bool =
     dtype = resolve_precision(precision, device)
     fused = device.type == "cpu" and _fused_available()
     cfg = model.config
-    fast = OptimizedAutoencoderTiny(**cfg.init_kwargs(), has_encoder=False, has_decoder=False)
+    cls = getattr(type(model), "optimized_class", OptimizedAutoencoderTinyBase)
+    fast = cls(**cfg.init_kwargs(), has_encoder=False, has_decoder=False)
     if model.encoder is not None:
         fast.encoder = FastNet(model.encoder, dtype, fused, rewrite)
     if model.decoder is not None:
@@ -692,7 +697,7 @@ def _require_onnx() -> None:
                           "pip install 'tinyae[onnx]'") from None
 
 
-def export_onnx(model: AutoencoderTiny, folder: str | os.PathLike, opset: int = MIN_OPSET, *,
+def export_onnx(model: AutoencoderTinyBase, folder: str | os.PathLike, opset: int = MIN_OPSET, *,
                 overwrite: bool = False) -> list[Path]:
     """Write `encoder.onnx` and `decoder.onnx` (whichever halves the model has) and `config.json` into `folder`.
 
@@ -706,11 +711,11 @@ def export_onnx(model: AutoencoderTiny, folder: str | os.PathLike, opset: int = 
 
     from ..io.weights import atomic_write
 
-    if not isinstance(model, AutoencoderTiny):
+    if not isinstance(model, AutoencoderTinyBase):
         raise ValueError(f"export_onnx expects a tinyae AutoencoderTiny, got {type(model).__name__}")
     if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET:
         raise ValueError(f"opset must be an integer >= {MIN_OPSET}, got {opset!r}")
-    if isinstance(model, OptimizedAutoencoderTiny):
+    if isinstance(model, Optimized):
         model = model.__dict__["_source"]
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
@@ -760,8 +765,8 @@ class OnnxRuntimeAutoencoder:
     """
 
     check_finite = True
-    _check = AutoencoderTiny._check  # the same input checks as the torch model (uses .device and .check_finite)
-    _finite = AutoencoderTiny._finite
+    _check = AutoencoderTinyBase._check  # the same input checks as the torch model (uses .device and .check_finite)
+    _finite = AutoencoderTinyBase._finite
 
     def __init__(self, folder: str | os.PathLike, providers: Sequence[str] | None = None,
                  threads: int | None = None):
@@ -833,7 +838,7 @@ class OnnxRuntimeAutoencoder:
 BACKENDS = ("torch", "onnxruntime", "openvino")
 
 
-def load_backend(model_or_onnx_folder: AutoencoderTiny | str | os.PathLike, backend: str = "onnxruntime",
+def load_backend(model_or_onnx_folder: AutoencoderTinyBase | str | os.PathLike, backend: str = "onnxruntime",
                  **options: Any) -> Any:
     """An object with AutoencoderTiny's `encode(x).latents` / `decode(z).sample` running on `backend`.
 
@@ -845,14 +850,14 @@ def load_backend(model_or_onnx_folder: AutoencoderTiny | str | os.PathLike, back
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "torch":
-        if not isinstance(model_or_onnx_folder, AutoencoderTiny):
+        if not isinstance(model_or_onnx_folder, AutoencoderTinyBase):
             raise ValueError("backend 'torch' needs an AutoencoderTiny model")
         return optimize(model_or_onnx_folder, **options) if options else model_or_onnx_folder
     if backend == "openvino":
         from .openvino import OpenVinoAutoencoder as cls
     else:
         cls = OnnxRuntimeAutoencoder
-    if isinstance(model_or_onnx_folder, AutoencoderTiny):
+    if isinstance(model_or_onnx_folder, AutoencoderTinyBase):
         with tempfile.TemporaryDirectory(prefix="tinyae-onnx-") as tmp:
             export_onnx(model_or_onnx_folder, tmp)
             backend_obj = cls(tmp, **options)  # sessions hold the graphs in memory
@@ -863,48 +868,10 @@ def load_backend(model_or_onnx_folder: AutoencoderTiny | str | os.PathLike, back
     return cls(model_or_onnx_folder, **options)
 
 
-def export_onnx_main(argv: Sequence[str] | None = None) -> int:
-    """`tinyae export-onnx --model SOURCE [SOURCE2] -o DIR [--opset N] [--overwrite] [--no-check]`.
-
-    Exports, then runs both graphs in onnxruntime on a test input and prints the max abs difference against
-    torch float32 (fails with exit status 1 above 1e-4). Returns the exit status.
-    """
-    parser = argparse.ArgumentParser(prog="tinyae export-onnx",
-                                     description="Export encoder and decoder to ONNX (dynamic height/width).")
-    parser.add_argument("--model", nargs="+", required=True, metavar="SOURCE",
-                        help="variant name, folder, weights file, or an encoder and a decoder file")
-    parser.add_argument("-o", "--output", required=True, help="output folder")
-    parser.add_argument("--opset", type=int, default=MIN_OPSET, help=f"ONNX opset (>= {MIN_OPSET})")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing files in the output folder")
-    parser.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
-    args = parser.parse_args(argv)
-    if len(args.model) > 2:
-        parser.error("--model takes one source, or an encoder file and a decoder file")
-    from ..io.weights import WeightsError
-
-    source = args.model[0] if len(args.model) == 1 else tuple(args.model)
-    try:
-        model = AutoencoderTiny.from_pretrained(source)
-        paths = export_onnx(model, args.output, opset=args.opset, overwrite=args.overwrite)
-    except (ValueError, FileExistsError, ImportError, OSError) as e:  # WeightsError is a ValueError
-        print(f"tinyae export-onnx: error: {e}", file=sys.stderr)
-        return 2 if not isinstance(e, WeightsError) else 1
-    for p in paths:
-        print(f"wrote {p}")
-    if args.no_check:
-        return 0
-    diffs = check_onnx(model, args.output)
-    ok = all(d <= ONNX_TOLERANCE for d in diffs.values())
-    for part, d in diffs.items():
-        print(f"onnxruntime vs torch float32, {part}: max abs difference {d:.2e} "
-              f"({'ok' if d <= ONNX_TOLERANCE else 'FAILED'}, tolerance {ONNX_TOLERANCE:.0e})")
-    return 0 if ok else 1
-
-
 ONNX_TOLERANCE = 1e-4
 
 
-def check_onnx(model: AutoencoderTiny, folder: str | os.PathLike, size: int = 128, seed: int = 0
+def check_onnx(model: AutoencoderTinyBase, folder: str | os.PathLike, size: int = 128, seed: int = 0
                ) -> dict[str, float]:
     """Max abs difference of onnxruntime against the torch float32 model on a smooth test image of `size` pixels
     (and its latents), per exported part."""
@@ -926,9 +893,9 @@ def check_onnx(model: AutoencoderTiny, folder: str | os.PathLike, size: int = 12
     return out
 
 
-def copy_float32_cpu(model: AutoencoderTiny) -> AutoencoderTiny:
+def copy_float32_cpu(model: AutoencoderTinyBase) -> AutoencoderTinyBase:
     """The eager model as float32 on the CPU (a copy when a cast or move is needed; `model` is unchanged)."""
-    if isinstance(model, OptimizedAutoencoderTiny):
+    if isinstance(model, Optimized):
         model = model.__dict__["_source"]
     if model.dtype == torch.float32 and model.device.type == "cpu":
         return model

@@ -46,7 +46,7 @@ from ..nets.blocks import Block
 from ..nets.layers import geometry, needed, out_rows, upsample_params
 
 if TYPE_CHECKING:
-    from ..nets.model import AutoencoderTiny
+    from ..nets.model import AutoencoderTinyBase as AutoencoderTiny
 
 DEFAULT_BAND_PIXELS = 2 ** 16
 OPTIONS = ("band_rows", "band_pixels")

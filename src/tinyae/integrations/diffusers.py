@@ -32,7 +32,7 @@ try:
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError("tinyae.diffusers needs diffusers: pip install 'tinyae[diffusers]'") from e
 
-from ..nets import model as _model
+from .. import autoencoder as _model
 from ..nets.config import TinyConfig
 from ..data.latents import unpack_flux, unpack_flux2, unpack_tokens
 from ..nets.variants import FAMILIES, VARIANTS, Family
@@ -313,7 +313,8 @@ def _fast_copy(model: Any, optimize: bool | str) -> Any:
     the model itself where it cannot be optimized (another kind of model, a device optimize() does not run on)."""
     if optimize is False or not isinstance(model, _model.AutoencoderTiny) or model.decoder is None:
         return model
-    from ..engine.runtime import OptimizedAutoencoderTiny, explain_precision
+    from ..autoencoder import OptimizedAutoencoderTiny
+    from ..engine.runtime import explain_precision
 
     if isinstance(model, OptimizedAutoencoderTiny) or explain_precision(model.device)[0] == "exact":
         return model

@@ -30,15 +30,14 @@ import threading
 import tempfile
 from collections import defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Iterable
 
 import torch
 
 from ..nets.config import DEFAULTS, IMAGE_CHANNELS, TinyConfig
+from ..nets.model import AutoencoderTinyBase
 from ..nets.variants import KNOWN_SHA256, Variant, closest_names, get_variant, is_variant
 
-if TYPE_CHECKING:
-    from ..nets.model import AutoencoderTiny
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
@@ -386,10 +385,11 @@ def _describe_mismatch(model: torch.nn.Module, sd: dict[str, torch.Tensor]) -> s
     return "; ".join(parts) or None
 
 
-def build(sd: dict[str, torch.Tensor], config: dict[str, Any] | None = None, source: str = "weights"
-          ) -> "AutoencoderTiny":
-    """A model from diffusers-keyed tensors: architecture from `config` if given, else inferred; strict load."""
-    from ..nets.model import AutoencoderTiny
+def build(sd: dict[str, torch.Tensor], config: dict[str, Any] | None = None, source: str = "weights",
+          model_class: type[AutoencoderTinyBase] | None = None) -> AutoencoderTinyBase:
+    """A model from diffusers-keyed tensors: architecture from `config` if given, else inferred; strict load.
+    `model_class`: the class to build (default the bare network; tinyae.AutoencoderTiny passes itself)."""
+    model_class = model_class or AutoencoderTinyBase
 
     try:
         inferred = infer_config(sd)
@@ -409,7 +409,7 @@ def build(sd: dict[str, torch.Tensor], config: dict[str, Any] | None = None, sou
         raise WeightsError(f"{source}: the config does not match the tensors (wrong shapes): "
                            f"{'; '.join(differ[:3])}")
     try:
-        model = AutoencoderTiny(**params, **has)
+        model = model_class(**params, **has)
     except ValueError as e:
         raise WeightsError(f"{source}: {e}") from None
     problem = _describe_mismatch(model, sd)
@@ -485,7 +485,7 @@ def hub_download(repo_id: str, filename: str, *, sha256: str | None = None, revi
     except ImportError:  # huggingface_hub < 1.0: one EntryNotFoundError (LocalEntryNotFoundError is caught first)
         from huggingface_hub.errors import EntryNotFoundError as RemoteEntryNotFoundError
 
-    from .. import __version__
+    from .._version import __version__
 
     settings = _hub_settings(cache_dir, local_files_only)
     where = f"{repo_id}/{subfolder + '/' if subfolder else ''}{filename}"
@@ -808,8 +808,11 @@ def _local_files(path: Path, subfolder: str | None) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- load/save
 def load(source: Any, *, sha256: str | dict[str, str] | None = None, revision: str | None = None,
          cache_dir: str | os.PathLike | None = None, local_files_only: bool | None = None,
-         subfolder: str | None = None, token: str | bool | None = None, **ignored: Any) -> "AutoencoderTiny":
-    """Load an AutoencoderTiny from any source (see the module docstring). Raises WeightsError.
+         subfolder: str | None = None, token: str | bool | None = None,
+         model_class: type[AutoencoderTinyBase] | None = None, **ignored: Any) -> AutoencoderTinyBase:
+    """Load a model of `model_class` (default the bare network, `tinyae.nets.model.AutoencoderTinyBase`;
+    `tinyae.AutoencoderTiny.from_pretrained` passes tinyae.AutoencoderTiny) from any source (see the module
+    docstring). Raises WeightsError.
 
     `sha256`: expected sha256 of a single file, or {file name: sha256} for several.
     Unknown keywords that diffusers' from_pretrained accepts (variant, use_safetensors, ...) are ignored.
@@ -849,18 +852,18 @@ def load(source: Any, *, sha256: str | dict[str, str] | None = None, revision: s
             raise WeightsError(f"{path}: tensors already given by another file, e.g. {sorted(clash)[:3]}")
         sd.update(tensors)
     try:
-        return build(sd, found["config"], source=label)
+        return build(sd, found["config"], source=label, model_class=model_class)
     except WeightsError:
         raise
     except Exception as e:  # a tensor layout the checks above did not foresee: still one WeightsError
         raise WeightsError(f"{label}: cannot build a model from these tensors ({first_line(e)})") from None
 
 
-def state_dict_of(model: "AutoencoderTiny", dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+def state_dict_of(model: AutoencoderTinyBase, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     return {k: (v.to(dtype) if dtype else v).detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
 
-def save_diffusers(model: "AutoencoderTiny", folder: str | os.PathLike, safe_serialization: bool = True) -> None:
+def save_diffusers(model: AutoencoderTinyBase, folder: str | os.PathLike, safe_serialization: bool = True) -> None:
     """config.json + diffusion_pytorch_model.safetensors (or .bin), each written atomically."""
     folder = Path(folder)
     cfg = model.config.to_dict()
@@ -870,9 +873,9 @@ def save_diffusers(model: "AutoencoderTiny", folder: str | os.PathLike, safe_ser
         cfg["_diffusers_version"] = diffusers.__version__
     except ImportError:
         cfg["_diffusers_version"] = "0.30.0"
-    import tinyae
+    from .._version import __version__
 
-    cfg["_tinyae_version"] = tinyae.__version__
+    cfg["_tinyae_version"] = __version__
     if not model.config.diffusers_compatible:
         cfg["_tinyae_note"] = "diffusers' AutoencoderTiny cannot express this architecture; load it with tinyae"
     sd = state_dict_of(model)
@@ -885,7 +888,7 @@ def save_diffusers(model: "AutoencoderTiny", folder: str | os.PathLike, safe_ser
     atomic_write(folder / "config.json", lambda p: Path(p).write_text(json.dumps(cfg, indent=2, sort_keys=True)))
 
 
-def save_original(model: "AutoencoderTiny", folder: str | os.PathLike, name: str, format: str = "safetensors"
+def save_original(model: AutoencoderTinyBase, folder: str | os.PathLike, name: str, format: str = "safetensors"
                   ) -> list[str]:
     """`<name>_encoder.<ext>` / `<name>_decoder.<ext>` with the original script's keys; returns the paths."""
     if format not in ("safetensors", "pth"):
@@ -906,7 +909,7 @@ def save_original(model: "AutoencoderTiny", folder: str | os.PathLike, name: str
     return written
 
 
-def save_comfyui(model: "AutoencoderTiny", path: str | os.PathLike) -> str:
+def save_comfyui(model: AutoencoderTinyBase, path: str | os.PathLike) -> str:
     """One safetensors file with `taesd_encoder.` / `taesd_decoder.` prefixes (ComfyUI's vae_approx / vae folder)."""
     sd, out = state_dict_of(model), {}
     for part in ("encoder", "decoder"):
