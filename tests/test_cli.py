@@ -18,8 +18,8 @@ from PIL import Image
 
 import tinyae
 from tinyae import cli
-from tinyae.data.images import psnr
-from tinyae.io.weights import read_tensors
+from tinyae.data.metrics import psnr
+from tinyae.io.files import read_tensors
 
 from conftest import IMAGES, PHOTOS, ROOT, TAEF2
 
@@ -243,11 +243,11 @@ def test_onnxruntime_backend_is_used_when_asked(tmp_path, monkeypatch, capsys):
         calls.append(name)
         return model  # same encode/decode API
 
-    monkeypatch.setitem(sys.modules, "tinyae.engine.runtime", types.SimpleNamespace(load_backend=load_backend))
+    monkeypatch.setitem(sys.modules, "tinyae.engine.backends", types.SimpleNamespace(load_backend=load_backend))
     assert cli.main(["encode", str(small_photo(tmp_path)), "-o", str(tmp_path / "o"), "--model", MODEL,
                      "--backend", "onnxruntime"]) == 0
     assert calls == ["onnxruntime"]
-    monkeypatch.setitem(sys.modules, "tinyae.engine.runtime", None)  # import fails
+    monkeypatch.setitem(sys.modules, "tinyae.engine.backends", None)  # import fails
     assert cli.main(["encode", str(small_photo(tmp_path)), "-o", str(tmp_path / "p"), "--model", MODEL,
                      "--backend", "onnxruntime"]) == 1
     assert capsys.readouterr().err.startswith("tinyae: error: --backend onnxruntime: ")

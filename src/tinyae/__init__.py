@@ -10,7 +10,7 @@ from .data.latents import scale_latents, unscale_latents
 from .autoencoder import AutoencoderTiny
 from .nets.model import AutoencoderTinyOutput, DecoderOutput, MissingPartError
 from .nets.variants import VARIANTS, get_variant
-from .io.weights import WeightsError
+from .io.files import WeightsError
 
 # Image and latent I/O (tinyae.images, tinyae.codec)
 from .data.codec import load_latents, save_latents

@@ -12,9 +12,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .engine.runtime import Optimized, optimize as _optimize
+from .engine.optimize import Optimized, optimize as _optimize
 from .engine.tiling import check_options, tiled_apply
-from .io.weights import load, save_diffusers, save_original
+from .io.load import load
+from .io.save import save_diffusers, save_original
 from .nets.model import AutoencoderTinyBase, AutoencoderTinyOutput, DecoderOutput, MissingPartError  # noqa: F401
 
 

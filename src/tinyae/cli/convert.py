@@ -14,7 +14,7 @@ from .models import _model_hint, identify_variant, model_source, resolve_files
 
 def _source_dtype(source: Any) -> str:
     """The floating dtype of the first tensor of a source's first weight file (float32 if unknown)."""
-    from ..io.weights import read_tensors
+    from ..io.files import read_tensors
 
     try:
         path = resolve_files(source)[0][0]
@@ -39,7 +39,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     import torch
 
     from ..autoencoder import AutoencoderTiny
-    from ..io.weights import WeightsError, atomic_write, save_comfyui, save_diffusers, save_original, state_dict_of
+    from ..io.files import WeightsError, atomic_write
+    from ..io.save import save_comfyui, save_diffusers, save_original, state_dict_of
 
     rep, started = Reporter(args.json), time.perf_counter()
     source = model_source(args.src)

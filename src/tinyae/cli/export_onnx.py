@@ -7,8 +7,9 @@ import sys
 from typing import Sequence
 
 from ..autoencoder import AutoencoderTiny
-from ..engine.runtime import MIN_OPSET, ONNX_TOLERANCE, check_onnx, export_onnx
-from ..io.weights import WeightsError
+from ..engine.onnx import MIN_OPSET, export_onnx
+from ..engine.onnx_backend import ONNX_TOLERANCE, check_onnx
+from ..io.files import WeightsError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
