@@ -15,3 +15,9 @@ def load(source: Any, **kwargs: Any) -> AutoencoderTiny:  # noqa: F811
     """`tinyae.io.load.load` building a `tinyae.AutoencoderTiny` (see there for sources and keywords)."""
     kwargs.setdefault("model_class", AutoencoderTiny)
     return _load.load(source, **kwargs)
+
+
+def build(sd: dict, config: dict | None = None, source: str = "weights", **kwargs: Any) -> AutoencoderTiny:  # noqa: F811
+    """`tinyae.io.layouts.build` building a `tinyae.AutoencoderTiny`."""
+    kwargs.setdefault("model_class", AutoencoderTiny)
+    return layouts.build(sd, config, source, **kwargs)
