@@ -53,7 +53,7 @@ class AutoencoderTiny(AutoencoderTinyBase):
                         device: str | torch.device | None = None, **kwargs: Any) -> "AutoencoderTiny":
         """Load a variant name ("taesd", "taef2", ...), a local folder or file(s), or a hub repo id.
 
-        See `tinyae.weights.load` for every accepted source and keyword (sha256, revision, cache_dir,
+        See `tinyae.io.load.load` for every accepted source and keyword (sha256, revision, cache_dir,
         local_files_only, subfolder). Raises `tinyae.WeightsError` for any fault in the weights.
         """
         model = load(source, model_class=AutoencoderTiny, **kwargs)

@@ -13,7 +13,7 @@ from .common import CliError, DEFAULT_MODEL, MODEL_ENV, _one_line
 
 # ---------------------------------------------------------------------------------------------- models
 def model_source(spec: str) -> Any:
-    """`--model` value -> what tinyae.weights.load accepts: `ENC,DEC` (either may be empty) is a pair of files."""
+    """`--model` value -> what tinyae.io.load.load accepts: `ENC,DEC` (either may be empty) is a pair of files."""
     if "," in spec:
         parts = [p.strip() for p in spec.split(",")]
         if len(parts) != 2 or not any(parts):

@@ -163,7 +163,7 @@ def handle_existing(jobs: list[Job], force: bool, resume: bool,
     Outputs are written atomically, so one that exists is complete; with --resume it must also be this command's:
     `trust(job, path)` says why not (another model, format or source), which is an error unless --force. Call it
     once the model is validated: afterwards the stale temporary files of killed runs are removed (see
-    `tinyae.weights.remove_stale_temps`; a live run's are kept).
+    `tinyae.io.files.remove_stale_temps`; a live run's are kept).
     """
     from ..io.files import remove_stale_temps
 

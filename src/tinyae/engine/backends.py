@@ -22,7 +22,7 @@ def load_backend(model_or_onnx_folder: AutoencoderTinyBase | str | os.PathLike, 
 
     backend "onnxruntime": from a folder written by `export_onnx`, or from a model (exported to a temporary
     folder first); `options` go to OnnxRuntimeAutoencoder (providers, threads). backend "openvino": the same
-    ONNX compiled by OpenVINO (`tinyae.ov_backend.OpenVinoAutoencoder`: precision "bf16"/"f32", threads).
+    ONNX compiled by OpenVINO (`tinyae.engine.openvino.OpenVinoAutoencoder`: precision "bf16"/"f32", threads).
     backend "torch": the model itself (or `optimize(model, **options)` when options are given).
     """
     if backend not in BACKENDS:

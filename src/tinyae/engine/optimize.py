@@ -34,11 +34,10 @@ from .precision import _fused_available, resolve_precision
 
 # ---------------------------------------------------------------------------------------------- optimize
 class Optimized:
-    """What an optimized copy adds to its model class (mixed in before it): inference only, saving and
-    re-optimizing go to the model it was built from (`__dict__["_source"]`).
-
-    `precision` ("fp32", "bf16", "fp16") and `dtype` say how it computes; `save_pretrained`/`save_original` write
-    the original weights it was built from.
+    """What an optimized copy adds to its model class (mixed in before it; tinyae.AutoencoderTiny's is
+    OptimizedAutoencoderTiny): inference only. `precision` ("fp32", "bf16", "fp16") and `dtype` say how it computes;
+    `save_pretrained`/`save_original` write, and `optimize` starts again from, the model it was built from
+    (`__dict__["_source"]`).
     """
 
     precision: str = "fp32"
