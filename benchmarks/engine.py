@@ -92,7 +92,7 @@ def cli_bench(args: argparse.Namespace) -> list[str]:
     import torch
     from PIL import Image
 
-    from tinyae.data.images import psnr
+    from tinyae.data.metrics import psnr
 
     model = f"{args.weights}/taef2_encoder.pth,{args.weights}/taef2_decoder.pth"
     photos = sorted(Path(args.photos).glob("*.png")) + sorted(Path(args.photos, "train").glob("*.png"))

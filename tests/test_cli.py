@@ -18,8 +18,8 @@ from PIL import Image
 
 import tinyae
 from tinyae import cli
-from tinyae.data.images import psnr
-from tinyae.io.weights import read_tensors
+from tinyae.data.metrics import psnr
+from tinyae.io.files import read_tensors
 
 from conftest import IMAGES, PHOTOS, ROOT, TAEF2
 
@@ -225,8 +225,8 @@ def test_bench_and_export_onnx_forward_their_argv(monkeypatch, capsys):
     seen = {}
     monkeypatch.setitem(sys.modules, "tinyae.cli.bench", types.SimpleNamespace(main=lambda argv: seen.setdefault(
         "bench", argv) and 0))
-    monkeypatch.setitem(sys.modules, "tinyae.engine.runtime", types.SimpleNamespace(
-        export_onnx_main=lambda argv: seen.setdefault("onnx", argv) and 3))
+    monkeypatch.setitem(sys.modules, "tinyae.cli.export_onnx", types.SimpleNamespace(
+        main=lambda argv: seen.setdefault("onnx", argv) and 3))
     assert cli.main(["bench", "--quick", "x"]) == 0
     assert cli.main(["export-onnx", "--help"]) == 3
     assert seen == {"bench": ["--quick", "x"], "onnx": ["--help"]}
@@ -243,11 +243,11 @@ def test_onnxruntime_backend_is_used_when_asked(tmp_path, monkeypatch, capsys):
         calls.append(name)
         return model  # same encode/decode API
 
-    monkeypatch.setitem(sys.modules, "tinyae.engine.runtime", types.SimpleNamespace(load_backend=load_backend))
+    monkeypatch.setitem(sys.modules, "tinyae.engine.backends", types.SimpleNamespace(load_backend=load_backend))
     assert cli.main(["encode", str(small_photo(tmp_path)), "-o", str(tmp_path / "o"), "--model", MODEL,
                      "--backend", "onnxruntime"]) == 0
     assert calls == ["onnxruntime"]
-    monkeypatch.setitem(sys.modules, "tinyae.engine.runtime", None)  # import fails
+    monkeypatch.setitem(sys.modules, "tinyae.engine.backends", None)  # import fails
     assert cli.main(["encode", str(small_photo(tmp_path)), "-o", str(tmp_path / "p"), "--model", MODEL,
                      "--backend", "onnxruntime"]) == 1
     assert capsys.readouterr().err.startswith("tinyae: error: --backend onnxruntime: ")

@@ -10,8 +10,9 @@ import torch
 from PIL import Image
 
 from tinyae import load_latents
-from tinyae.data.images import psnr
-from tinyae.engine.runtime import OptimizedAutoencoderTiny, explain_precision
+from tinyae.data.metrics import psnr
+from tinyae.autoencoder import OptimizedAutoencoderTiny
+from tinyae.engine.precision import explain_precision
 
 from conftest import IMAGES, TAEF2
 from test_cli import run_cli

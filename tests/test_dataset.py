@@ -276,7 +276,7 @@ def test_refuses_another_model_precision_preprocessing_or_dtype(tmp_path, images
 KILLER = """
 import os, signal, sys
 import tinyae.dataset.manifest as manifest, tinyae.dataset.shards as shards
-from tinyae.io.weights import atomic_write
+from tinyae.io.files import atomic_write
 n, calls = int(sys.argv[1]), [0]
 def dying_write(path, write):
     calls[0] += 1

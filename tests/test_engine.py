@@ -15,7 +15,7 @@ from tinyae import AutoencoderTiny
 from tinyae.engine import fast_stream
 from tinyae.nets.blocks import Block
 from tinyae.nets.layers import geometry
-from tinyae.engine.runtime import FastBlock, FastConv, FastStem, FastUpsampleConv
+from tinyae.engine.kernels import FastBlock, FastConv, FastStem, FastUpsampleConv
 from tinyae.engine.tiling import decode_to_png, encode_png, to_uint8
 
 PRECISIONS = ["fp32"] + (["bf16"] if torch.ops.mkldnn._is_mkldnn_bf16_supported() else [])

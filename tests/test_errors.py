@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from conftest import TAEF2, WEIGHTS
 from tinyae import AutoencoderTiny, MissingPartError, WeightsError
 from tinyae.nets.model import all_finite
-from tinyae.io.weights import to_original_keys
+from tinyae.io.layouts import to_original_keys
 
 
 @pytest.fixture(scope="module")

@@ -40,7 +40,7 @@ def run_child(argv: list[str]) -> None:
 @pytest.fixture(scope="module")
 def children():
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "tinyae.cli", "tinyae.images", "tinyae.codec", "safetensors.torch",
+    ctx.set_forkserver_preload(["torch", "tinyae.cli", "tinyae.data.images", "tinyae.data.codec", "safetensors.torch",
                                 "PIL.Image", "test_faults"])
     return ctx
 

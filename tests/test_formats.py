@@ -9,7 +9,8 @@ from safetensors.torch import load_file, save_file
 from conftest import TAEF2
 from tinyae import AutoencoderTiny, WeightsError
 from tinyae.nets.variants import VARIANTS, variant_config
-from tinyae.io.weights import save_comfyui, to_original_keys
+from tinyae.io.layouts import to_original_keys
+from tinyae.io.save import save_comfyui
 
 
 def _same(a: AutoencoderTiny, b: AutoencoderTiny) -> bool:
@@ -89,7 +90,7 @@ def test_writes_are_atomic(ref, tmp_path, monkeypatch):
     """A failing write leaves the previous file untouched and no temporary files behind."""
     ref.save_original(tmp_path, "taef2")
     before = (tmp_path / "taef2_encoder.safetensors").read_bytes()
-    import tinyae.io.weights as w
+    import tinyae.io.save as w
 
     def boom(*a, **k):
         raise OSError("disk full")

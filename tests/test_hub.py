@@ -20,7 +20,7 @@ from conftest import IMAGES, TAEF2, TAESANA_ENCODER, load_photo
 from hubserver import HubServer
 from tinyae import AutoencoderTiny, WeightsError
 from tinyae.nets.variants import get_variant, variant_config
-from tinyae.io.weights import sha256_file
+from tinyae.io.files import sha256_file
 
 TAEF2_REPO = "madebyollin/taef2"
 TAEF2_FILES = {"taef2_encoder.pth": TAEF2[0], "taef2_decoder.pth": TAEF2[1], "README.md": b"# taef2\n"}

@@ -11,7 +11,8 @@ from PIL import Image
 
 import tinyae
 from tinyae.data.codec import GRID, STACK, LatentFileError, latents_to_png, png_layout, png_to_latents, read_metadata
-from tinyae.data.images import ImageError, pad_to_multiple, psnr, read_image, ssim, to_source
+from tinyae.data.images import ImageError, pad_to_multiple, read_image, to_source
+from tinyae.data.metrics import psnr, ssim
 
 from conftest import IMAGES
 from test_cli import one_thread  # noqa: F401  (one torch thread: a loaded 2-core machine spin-waits with 2)

@@ -12,7 +12,10 @@ import torch
 from conftest import PHOTOS, TAEF2, load_photo
 from tinyae import AutoencoderTiny, MissingPartError
 from tinyae.cli.bench import format_markdown, run_bench
-from tinyae.engine.runtime import ONNX_FILES, export_onnx, export_onnx_main, load_backend
+from tinyae.cli.export_onnx import main as export_onnx_main
+from tinyae.engine.backends import load_backend
+from tinyae.engine.onnx import export_onnx
+from tinyae.engine.onnx_backend import ONNX_FILES
 from tinyae.nets.variants import variant_config
 
 

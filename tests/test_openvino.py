@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tinyae import AutoencoderTiny
-from tinyae.engine.runtime import load_backend
+from tinyae.engine.backends import load_backend
 from tinyae.nets.variants import variant_config
 
 

@@ -21,6 +21,9 @@ from PIL import Image, PngImagePlugin
 from safetensors.torch import save_file
 
 import tinyae
+import tinyae.data.images
+import tinyae.data.metrics
+import tinyae.io.load
 from tinyae import AutoencoderTiny, WeightsError, cli
 from tinyae.data.codec import LatentFileError, load_latents, save_latents
 from tinyae.data.images import decode_latents, read_image, to_source
@@ -303,9 +306,9 @@ def test_d6_roundtrip_mean_is_never_inf(tmp_path, model_dir, monkeypatch, capsys
     folder = tmp_path / "in"
     tiny_images(folder, 2)
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    real = tinyae.images.psnr
+    real = tinyae.data.metrics.psnr
     calls = iter([float("inf"), float("inf"), 20.0, 21.0])  # the first image comes back exactly
-    monkeypatch.setattr(tinyae.images, "psnr", lambda a, b: next(calls, real(a, b)))
+    monkeypatch.setattr(tinyae.data.metrics, "psnr", lambda a, b: next(calls, real(a, b)))
     assert cli.main(["roundtrip", str(folder), "--model", str(model_dir), "--json"]) == 1
     doc = json.loads(capsys.readouterr().out)  # valid JSON: no Infinity
     assert doc["mean"]["psnr"] == 20.0 and doc["mean"]["exact"] == 1
@@ -321,7 +324,7 @@ def _dead_pid() -> int:
 
 
 def _temp_of(output, pid: int):
-    from tinyae.io.weights import _owner_tag
+    from tinyae.io.files import _owner_tag
 
     host = _owner_tag().rsplit("-", 1)[0]
     return output.parent / f".{output.name}.{host}-{pid}.abc123.tmp"
@@ -350,7 +353,7 @@ def test_d7_an_invalid_model_changes_nothing_on_disk(tmp_path, capsys):
 
 
 def test_d7_temporary_files_are_owned_and_fsynced_before_the_rename(tmp_path, monkeypatch):
-    from tinyae.io.weights import atomic_write
+    from tinyae.io.files import atomic_write
 
     events = []
     real_fsync, real_replace = os.fsync, os.replace
@@ -398,14 +401,14 @@ def test_d8_config_asking_for_more_channels_than_the_tensors_is_refused_before_b
     def never(*a, **k):
         raise AssertionError("a network was built before the config was checked against the tensors")
 
-    monkeypatch.setattr(tinyae.model.AutoencoderTiny, "__init__", never)
+    monkeypatch.setattr(tinyae.AutoencoderTiny, "__init__", never)
     with pytest.raises(WeightsError, match=r"the config does not match the tensors.*encoder_block_out_channels"):
-        tinyae.weights.load(tmp_path)
+        tinyae.io.load.load(tmp_path, model_class=tinyae.AutoencoderTiny)
 
 
 def test_d8_max_pixels_is_checked_before_reading(tmp_path, model_dir, capsys):
     (src,) = tiny_images(tmp_path / "in", 1, size=40)
-    with pytest.raises(tinyae.images.ImageError, match="above the limit of 1,000 pixels"):
+    with pytest.raises(tinyae.data.images.ImageError, match="above the limit of 1,000 pixels"):
         read_image(src, max_pixels=1000)
     assert cli.main(["encode", str(src), "-o", str(tmp_path / "o"), "--model", str(model_dir),
                      "--max-pixels", "1000"]) == 1

@@ -13,10 +13,12 @@ from hypothesis import strategies as st
 
 from conftest import PHOTOS, load_photo, psnr
 from tinyae import AutoencoderTiny
-from tinyae.engine import runtime
+from tinyae.engine import fastnet, kernels
 from tinyae.nets.blocks import Block
-from tinyae.engine.runtime import (FastBlock, FastUpsampleConv, OptimizedAutoencoderTiny, cpu_has_fast_bf16, optimize,
-                            resolve_precision, upsample_deconv_weights)
+from tinyae.autoencoder import OptimizedAutoencoderTiny
+from tinyae.engine.kernels import FastBlock, FastUpsampleConv, upsample_deconv_weights
+from tinyae.engine.optimize import optimize
+from tinyae.engine.precision import cpu_has_fast_bf16, resolve_precision
 from tinyae.nets.variants import variant_config
 
 MODES = ["fp32", "bf16"] + (["fp16"] if torch.ops.mkldnn._is_mkldnn_fp16_supported() else [])
@@ -164,12 +166,12 @@ def test_stem_equals_input_conv_then_block(cin, n, h, w, batch, fused, seed):
     unfused: exact to rounding; float32 oneDNN: to 1e-5)."""
     torch.manual_seed(seed)
     conv0, block = nn.Conv2d(cin, n, 3, padding=1), Block(n, n).eval()
-    assert runtime._is_stem(conv0, block)
+    assert kernels._is_stem(conv0, block)
     x = torch.randn(batch, cin, h, w, dtype=torch.float64)
     with torch.no_grad():
         ref = block.double()(conv0.double()(x))
         dtype = torch.float32 if fused else torch.float64
-        stem = runtime.FastStem(conv0, block, dtype, fused)
+        stem = kernels.FastStem(conv0, block, dtype, fused)
         got = stem(x.to(dtype).contiguous(memory_format=torch.channels_last)).double()
     tol = 1e-5 if fused else 1e-10
     assert got.shape == ref.shape and (got - ref).abs().max() <= tol * max(1, float(ref.abs().max()))
@@ -177,10 +179,10 @@ def test_stem_equals_input_conv_then_block(cin, n, h, w, batch, fused, seed):
 
 def test_stem_is_used_where_it_pays(taef2):
     """taef2/taesd encoders start with conv(3, 64) + Block(64): fused. taesana's strided stem is not."""
-    assert isinstance(optimize(taef2, "bf16").encoder.ops[0], runtime.FastStem)
-    assert not isinstance(optimize(taef2, "bf16", rewrite=False).encoder.ops[0], runtime.FastStem)
+    assert isinstance(optimize(taef2, "bf16").encoder.ops[0], kernels.FastStem)
+    assert not isinstance(optimize(taef2, "bf16", rewrite=False).encoder.ops[0], kernels.FastStem)
     sana = AutoencoderTiny(**variant_config("taesana")).eval()
-    assert not any(isinstance(op, runtime.FastStem) for op in optimize(sana, "fp32").encoder.ops)
+    assert not any(isinstance(op, kernels.FastStem) for op in optimize(sana, "fp32").encoder.ops)
 
 
 def test_kept_segment_buffers_never_leak_into_results(astronaut):
@@ -190,7 +192,7 @@ def test_kept_segment_buffers_never_leak_into_results(astronaut):
     model = AutoencoderTiny(**variant_config("taesd")).eval()
     fast = optimize(model, "fp32")
     with pytest.MonkeyPatch.context() as mp, torch.inference_mode():
-        mp.setattr(runtime, "STRIP_BYTES", 1)
+        mp.setattr(fastnet, "STRIP_BYTES", 1)
         z1, z2 = torch.randn(1, 4, 12, 10), torch.randn(1, 4, 12, 10)
         y1 = fast.decode(z1).sample
         y1_copy = y1.clone()
@@ -236,7 +238,7 @@ def test_strips_equal_the_whole_image(h, w, batch, seed):
     model = AutoencoderTiny(**variant_config("taesd")).eval()
     fast = optimize(model, "fp32")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(runtime, "STRIP_BYTES", 1)
+        mp.setattr(fastnet, "STRIP_BYTES", 1)
         _compare_striped(fast, batch, h, w)
 
 
@@ -267,6 +269,6 @@ def test_prepacked_weights_are_bitwise_the_plain_ones_and_copies_drop_them(astro
         assert torch.equal(twin.encode(x).latents, z) and torch.equal(twin.decode(model.encode(x).latents).sample, y)
         for m in packed:
             m.__dict__["_packed"].clear()
-            if isinstance(m, runtime.FastConv):
+            if isinstance(m, kernels.FastConv):
                 m.packed_weight = lambda x, m=m: m.weight  # the plain (unpacked) weight
         assert torch.equal(fast.encode(x).latents, z)

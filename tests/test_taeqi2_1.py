@@ -13,9 +13,12 @@ from tinyae import AutoencoderTiny
 from tinyae.data import latents
 from tinyae.engine import fast_stream, tiling
 from tinyae.nets.config import TinyConfig
-from tinyae.engine.runtime import export_onnx, load_backend
+from tinyae.engine.backends import load_backend
+from tinyae.engine.onnx import export_onnx
 from tinyae.nets.variants import FAMILIES, get_variant, variant_config
-from tinyae.io.weights import WeightsError, infer_config, save_comfyui, to_diffusers_keys
+from tinyae.io.files import WeightsError
+from tinyae.io.layouts import infer_config, to_diffusers_keys
+from tinyae.io.save import save_comfyui
 
 # a narrow F16 (same layer list, fewer channels) for the slow executors; the full-width one for parity and formats
 SMALL = {"encoder_block_out_channels": (8, 8, 16, 16), "decoder_block_out_channels": (16, 16, 8, 8),

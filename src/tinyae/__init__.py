@@ -1,16 +1,16 @@
 """tinyae: Tiny AutoEncoders (the TAESD family) for SD1/2, SDXL, SD3, FLUX.1, FLUX.2 and Sana."""
 
-__version__ = "0.1.0"
-
 from . import _compat
+from ._version import __version__
 
 _compat.install()  # tinyae.tiling, tinyae.fast_stream: see tinyae._compat
 
 from .nets.config import TinyConfig
 from .data.latents import scale_latents, unscale_latents
-from .nets.model import AutoencoderTiny, AutoencoderTinyOutput, DecoderOutput, MissingPartError
+from .autoencoder import AutoencoderTiny
+from .nets.model import AutoencoderTinyOutput, DecoderOutput, MissingPartError
 from .nets.variants import VARIANTS, get_variant
-from .io.weights import WeightsError
+from .io.files import WeightsError
 
 # Image and latent I/O (tinyae.images, tinyae.codec)
 from .data.codec import load_latents, save_latents

@@ -31,3 +31,8 @@ class _AliasFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 def install() -> None:
     if not any(isinstance(f, _AliasFinder) for f in sys.meta_path):
         sys.meta_path.append(_AliasFinder())
+
+
+def reexport(namespace: dict, module: ModuleType) -> None:
+    """Copy every name of `module` (private ones included: old callers import some) into a shim's namespace."""
+    namespace.update({k: v for k, v in vars(module).items() if not (k.startswith("__") and k.endswith("__"))})

@@ -1,10 +1,12 @@
-"""Compatibility: `tinyae.bench` is `tinyae.cli.bench` (the same module object, so patching either patches both);
-`python -m tinyae.bench` still runs it."""
+"""Compatibility: `tinyae.bench` is now `tinyae.cli.bench` (the harness) and `tinyae.cli.bench_measure` (timing,
+the convolution ceiling, machine facts); `python -m tinyae.bench` still runs it."""
 
 import sys
 
-from .cli import bench as _module
+from ._compat import reexport
+from .cli import bench as _bench, bench_measure as _measure
 
+reexport(globals(), _measure)
+reexport(globals(), _bench)
 if __name__ == "__main__":
-    sys.exit(_module.main())
-sys.modules[__name__] = _module
+    sys.exit(_bench.main())

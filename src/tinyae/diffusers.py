@@ -1,7 +1,11 @@
-"""Compatibility: `tinyae.diffusers` is `tinyae.integrations.diffusers` (the same module object, so patching either patches both)."""
+"""Compatibility and the public path of the diffusers integration: `tinyae.diffusers` gathers
+`tinyae.integrations.diffusers` (the pipeline VAE, checks, set_vae) and `tinyae.integrations.previews`
+(LivePreview). Saved pipelines name this module in model_index.json, and diffusers' loader looks up
+`AutoencoderTiny` and `ModelMixin` here."""
 
-import sys
+from ._compat import reexport
+from .integrations import diffusers as _diffusers, previews as _previews
 
-from .integrations import diffusers as _module
-
-sys.modules[__name__] = _module
+reexport(globals(), _diffusers)
+reexport(globals(), _previews)
+__all__ = _diffusers.__all__ + _previews.__all__

@@ -1,7 +1,8 @@
-"""Compatibility: `tinyae.images` is `tinyae.data.images` (the same module object, so patching either patches both)."""
+"""Compatibility: `tinyae.images` is now `tinyae.data.images` (reading, encode_images/decode_latents) and
+`tinyae.data.metrics` (psnr, ssim, tensor_psnr)."""
 
-import sys
+from ._compat import reexport
+from .data import images as _images, metrics as _metrics
 
-from .data import images as _module
-
-sys.modules[__name__] = _module
+reexport(globals(), _images)
+reexport(globals(), _metrics)

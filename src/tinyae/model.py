@@ -1,7 +1,8 @@
-"""Compatibility: `tinyae.model` is `tinyae.nets.model` (the same module object, so patching either patches both)."""
+"""Compatibility: `tinyae.model` was the network and the public class; now `tinyae.nets.model` (the network,
+`AutoencoderTinyBase`) and `tinyae.autoencoder` (the public `AutoencoderTiny`)."""
 
-import sys
-
+from ._compat import reexport
 from .nets import model as _module
 
-sys.modules[__name__] = _module
+reexport(globals(), _module)
+from .autoencoder import AutoencoderTiny, OptimizedAutoencoderTiny  # noqa: E402,F401

@@ -27,7 +27,7 @@ from .roundtrip import cmd_roundtrip
 from .runner import (  # noqa: F401
     Job, Reporter, check_output_folder, collect, finish, handle_existing, plan_outputs, save_image)
 
-FORWARDED = {"bench": ("tinyae.cli.bench", "main"), "export-onnx": ("tinyae.engine.runtime", "export_onnx_main"),
+FORWARDED = {"bench": ("tinyae.cli.bench", "main"), "export-onnx": ("tinyae.cli.export_onnx", "main"),
              "encode-dataset": ("tinyae.dataset.cli", "main"), "decode-dataset": ("tinyae.dataset.cli", "decode_main"),
              "train": ("tinyae.train.cli", "main"), "eval": ("tinyae.train.evaluate", "main")}
 
@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tinyae", description="Tiny AutoEncoders (the TAESD family): encode images "
                                 "to diffusion latents and back, measure, convert weights.",
                                 epilog="`tinyae COMMAND --help` shows each command's options and examples.")
-    from .. import __version__
+    from .._version import __version__
 
     p.add_argument("--version", action="version", version=f"tinyae {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")

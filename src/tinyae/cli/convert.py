@@ -14,7 +14,7 @@ from .models import _model_hint, identify_variant, model_source, resolve_files
 
 def _source_dtype(source: Any) -> str:
     """The floating dtype of the first tensor of a source's first weight file (float32 if unknown)."""
-    from ..io.weights import read_tensors
+    from ..io.files import read_tensors
 
     try:
         path = resolve_files(source)[0][0]
@@ -38,8 +38,9 @@ def _convert_targets(to: str, dst: Path, name: str, pth: bool, model: Any) -> li
 def cmd_convert(args: argparse.Namespace) -> int:
     import torch
 
-    from ..nets.model import AutoencoderTiny
-    from ..io.weights import WeightsError, atomic_write, save_comfyui, save_diffusers, save_original, state_dict_of
+    from ..autoencoder import AutoencoderTiny
+    from ..io.files import WeightsError, atomic_write
+    from ..io.save import save_comfyui, save_diffusers, save_original, state_dict_of
 
     rep, started = Reporter(args.json), time.perf_counter()
     source = model_source(args.src)
@@ -73,7 +74,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     else:
         from safetensors.torch import save_file
 
-        from .. import __version__
+        from .._version import __version__
 
         meta = {"format": "pt", "config": model.config.to_json_string(), "tinyae_version": __version__}
         sd = state_dict_of(model)

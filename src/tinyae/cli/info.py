@@ -32,9 +32,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     if (rc := _video("info", args)) is not None:
         return rc
     from ..nets.config import UNCHECKED_BY_TENSORS
-    from ..nets.model import AutoencoderTiny
+    from ..autoencoder import AutoencoderTiny
     from ..nets.variants import VARIANTS, variant_config
-    from ..io.weights import WeightsError, identify, sha256_file
+    from ..io.files import WeightsError, sha256_file
+    from ..io.save import identify
 
     rep = Reporter(args.json)
     lat = _latent_info(Path(args.src)) if "," not in args.src else None
@@ -89,7 +90,7 @@ def _auto_precision() -> list[dict[str, str]]:
     """What --precision auto resolves to on each device of this machine, and why."""
     import torch
 
-    from ..engine.runtime import explain_precision
+    from ..engine.precision import explain_precision
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     return [dict(zip(("device", "precision", "why"), (d, *explain_precision(d)))) for d in devices]
@@ -98,7 +99,7 @@ def _auto_precision() -> list[dict[str, str]]:
 def _config_origin(source: Any, files: list[tuple[str, str | None]]) -> str:
     """Where a loaded model's non-tensor settings came from: a config.json, the variant registry, or defaults."""
     from ..nets.variants import is_variant
-    from ..io.weights import DIFFUSERS_WEIGHTS
+    from ..io.save import DIFFUSERS_WEIGHTS
 
     if any(Path(p).name in DIFFUSERS_WEIGHTS for p, _ in files):
         return "config.json"

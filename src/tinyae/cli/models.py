@@ -13,7 +13,7 @@ from .common import CliError, DEFAULT_MODEL, MODEL_ENV, _one_line
 
 # ---------------------------------------------------------------------------------------------- models
 def model_source(spec: str) -> Any:
-    """`--model` value -> what tinyae.weights.load accepts: `ENC,DEC` (either may be empty) is a pair of files."""
+    """`--model` value -> what tinyae.io.load.load accepts: `ENC,DEC` (either may be empty) is a pair of files."""
     if "," in spec:
         parts = [p.strip() for p in spec.split(",")]
         if len(parts) != 2 or not any(parts):
@@ -27,22 +27,23 @@ def model_source(spec: str) -> Any:
 
 def resolve_files(source: Any) -> list[tuple[str, str | None]]:
     """The weight files (path, part) a source resolves to (hub sources through the local cache / download)."""
-    from ..io import weights
+    from ..io.hub import _repo_files, _variant_files
+    from ..io.local import _local_files
     from ..nets.variants import get_variant, is_variant
 
     if isinstance(source, tuple):
         return [(s, p) for s, p in zip(source, ("encoder", "decoder")) if s]
     if Path(source).exists():
-        return weights._local_files(Path(source), None)["files"]
+        return _local_files(Path(source), None)["files"]
     if is_variant(source):
-        return weights._variant_files(get_variant(source))["files"]
-    return weights._repo_files(source)["files"]
+        return _variant_files(get_variant(source))["files"]
+    return _repo_files(source)["files"]
 
 
 def identify_variant(source: Any, model: Any) -> str | None:
     """The variant a model is, when sure: its name, a released file's sha256, or a config only one variant has."""
     from ..nets.variants import VARIANTS, get_variant, is_variant, variant_config
-    from ..io.weights import identify
+    from ..io.save import identify
 
     if isinstance(source, str) and is_variant(source):
         return get_variant(source).name
@@ -61,7 +62,7 @@ def identify_variant(source: Any, model: Any) -> str | None:
 def _model_hint(spec: str, error: Exception) -> str:
     """A WeightsError message with the command-line way out (local weights, or a pair of files)."""
     from ..nets.variants import get_variant, is_variant
-    from ..io.weights import WeightsNotCachedError
+    from ..io.hub import WeightsNotCachedError
 
     message = str(error)
     if "pass the files as a pair" in message:
@@ -81,8 +82,8 @@ def load_model(spec: str, device: str = "cpu", dtype: str = "float32") -> tuple[
     """(model, source) for a --model value; WeightsError / CliError with one-line messages."""
     import torch
 
-    from ..nets.model import AutoencoderTiny
-    from ..io.weights import WeightsError
+    from ..autoencoder import AutoencoderTiny
+    from ..io.files import WeightsError
 
     source = model_source(spec)
     try:
@@ -129,7 +130,7 @@ PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16", "exact")
 def _optimized(model: Any, precision: str) -> tuple[Any, str]:
     """`model.optimize(precision)` for --precision, or the model itself for "exact" (or where optimize() cannot
     run and the user asked for "auto")."""
-    from ..engine.runtime import explain_precision
+    from ..engine.precision import explain_precision
 
     if precision == "exact":
         return model, "exact"
@@ -164,10 +165,10 @@ def prepare_runner(args: argparse.Namespace, spec: str, needs: Sequence[str]) ->
         raise CliError("--stream runs the torch model; it cannot be combined with --backend onnxruntime")
     if args.backend == "onnxruntime":
         try:
-            from ..engine.runtime import load_backend
+            from ..engine.backends import load_backend
         except ModuleNotFoundError as e:
-            if e.name in ("tinyae.engine.runtime", "tinyae.engine.runtime.load_backend"):
-                raise CliError("--backend onnxruntime: this installation has no tinyae.runtime module") from None
+            if e.name in ("tinyae.engine.backends", "tinyae.engine.backends.load_backend"):
+                raise CliError("--backend onnxruntime: this installation has no tinyae.engine.backends module") from None
             raise CliError(f"--backend onnxruntime: {_one_line(e)}; install it with pip install 'tinyae[onnx]'") \
                 from None
         except ImportError as e:

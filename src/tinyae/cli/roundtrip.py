@@ -21,8 +21,8 @@ def cmd_roundtrip(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from ..data.codec import encode_png_bytes, png_to_latents
-    from ..data.images import (IMAGE_SUFFIXES, EncodedImage, decode_latents, encode_images, psnr, read_image, read_source,
-                         ssim)
+    from ..data.images import IMAGE_SUFFIXES, EncodedImage, decode_latents, encode_images, read_image, read_source
+    from ..data.metrics import psnr, ssim
 
     rep, started = Reporter(args.json), time.perf_counter()
     jobs = collect(args.inputs, lambda f: f.suffix.lower() in IMAGE_SUFFIXES and not f.name.endswith(".latent.png"),

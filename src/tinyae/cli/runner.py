@@ -163,9 +163,9 @@ def handle_existing(jobs: list[Job], force: bool, resume: bool,
     Outputs are written atomically, so one that exists is complete; with --resume it must also be this command's:
     `trust(job, path)` says why not (another model, format or source), which is an error unless --force. Call it
     once the model is validated: afterwards the stale temporary files of killed runs are removed (see
-    `tinyae.weights.remove_stale_temps`; a live run's are kept).
+    `tinyae.io.files.remove_stale_temps`; a live run's are kept).
     """
-    from ..io.weights import remove_stale_temps
+    from ..io.files import remove_stale_temps
 
     existing = [j for j in jobs if j.status == "todo" and any(o.exists() for o in j.outputs)]
     if existing and not force and not resume:
@@ -303,7 +303,7 @@ def save_image(im: Any, path: Path, fmt: str, quality: int = 95, meta: dict[str,
     `tinyae` text chunk (model fingerprint and source: what --resume checks)."""
     from PIL import PngImagePlugin
 
-    from ..io.weights import atomic_write
+    from ..io.files import atomic_write
 
     if fmt == "jpg" and im.mode in ("RGBA", "LA"):
         im = im.convert("RGB" if im.mode == "RGBA" else "L")

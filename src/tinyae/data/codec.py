@@ -35,7 +35,8 @@ from PIL import Image, PngImagePlugin
 
 from .images import EncodedImage
 from .latents import LATENT_MAGNITUDE, LATENT_SHIFT, scale_latents, unscale_latents
-from ..io.weights import FLOAT_DTYPES, atomic_write, first_line
+from ..io.files import atomic_write, first_line
+from ..io.layouts import FLOAT_DTYPES
 
 FORMAT = "tinyae.latents"
 PNG_SUFFIX = ".latent.png"
@@ -46,7 +47,7 @@ class LatentFileError(ValueError):
 
 
 def _version() -> str:
-    from .. import __version__
+    from .._version import __version__
 
     return __version__
 

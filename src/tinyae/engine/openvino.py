@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from .runtime import ONNX_FILES, OnnxRuntimeAutoencoder
+from .onnx import ONNX_FILES
+from .onnx_backend import OnnxRuntimeAutoencoder
 
 PRECISIONS = {"bf16": "bf16", "fp32": "f32"}  # tinyae's names -> OpenVINO's INFERENCE_PRECISION_HINT
 

@@ -46,7 +46,7 @@ from ..nets.blocks import Block
 from ..nets.layers import geometry, needed, out_rows, upsample_params
 
 if TYPE_CHECKING:
-    from ..nets.model import AutoencoderTiny
+    from ..nets.model import AutoencoderTinyBase as AutoencoderTiny
 
 DEFAULT_BAND_PIXELS = 2 ** 16
 OPTIONS = ("band_rows", "band_pixels")
@@ -561,7 +561,7 @@ def decode_to_png(model: "AutoencoderTiny", latents: torch.Tensor, path: str | o
     """
     import png
 
-    from ..io.weights import atomic_write
+    from ..io.files import atomic_write
 
     if isinstance(latents, torch.Tensor) and latents.dim() == 4 and latents.shape[0] != 1:
         raise ValueError(f"a PNG holds one image: latents must have batch size 1, got shape {tuple(latents.shape)}")

@@ -14,7 +14,7 @@ frame (TGrow). Flags: `pointwise` (element-wise: rows map 1:1 and nothing is rea
 previous frame: the video MemBlocks).
 
 Readers: the row-band streaming executor (`tinyae.tiling`) and its fast form (`tinyae.fast_stream`), the strip
-planner of `optimize()` (`tinyae.runtime`), receptive-field computation, and the generated layer lists in
+planner of `optimize()` (`tinyae.engine.fastnet`), receptive-field computation, and the generated layer lists in
 docs/variants.md. To add a layer kind: `@declare(TheModule)` a function returning its Geometry, then give each
 executor its kernel (see docs/architecture.md).
 """

@@ -69,7 +69,7 @@ def _rows(items: list[str], width: int = 112) -> list[str]:
 
 def variants_section() -> str:
     """The markdown section listing every registry variant's encoder and decoder as literal layer lists."""
-    from .model import AutoencoderTiny
+    from .model import AutoencoderTinyBase
     from .variants import VARIANTS, variant_config
 
     out = [BEGIN, "", "## Literal layer lists", "",
@@ -78,7 +78,7 @@ def variants_section() -> str:
            ""]
     lists: dict[tuple[str, ...], list[str]] = {}  # one entry per distinct network, with the variants that share it
     for name in VARIANTS:
-        model = AutoencoderTiny(**variant_config(name))
+        model = AutoencoderTinyBase(**variant_config(name))
         for part in ("encoder", "decoder"):
             lists.setdefault((part, *literal(getattr(model, part))), []).append(name)
     for (part, *layers), names in lists.items():

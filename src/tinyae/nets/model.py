@@ -1,9 +1,9 @@
-"""`AutoencoderTiny`: diffusers' public contract (constructor, config, encode/decode/forward, outputs, toggles,
-from_pretrained/save_pretrained) over the network in `blocks.py`."""
+"""`AutoencoderTinyBase`: the network with diffusers' contract (constructor, config, encode/decode/forward,
+outputs, slicing and gradient checkpointing) over the blocks in `blocks.py`. The public `tinyae.AutoencoderTiny`
+(tinyae/autoencoder.py) adds what needs the layers above: tiling, optimize(), from_pretrained/save_pretrained."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Iterator
 
@@ -63,8 +63,9 @@ def all_finite(x: torch.Tensor) -> bool:
     return bool(torch.isfinite(total)) or bool(torch.isfinite(x).all())
 
 
-class AutoencoderTiny(nn.Module):
-    """Tiny AutoEncoder (TAESD family), a drop-in for `diffusers.AutoencoderTiny`.
+class AutoencoderTinyBase(nn.Module):
+    """Tiny AutoEncoder (TAESD family), the network: what `tinyae.AutoencoderTiny` computes, without the loaders
+    and executors (the public class adds tiling, optimize(), from_pretrained/save_pretrained).
 
     Images are float tensors (B, 3, H, W) in [-1, 1]; latents are the diffusion model's latents as its denoiser
     sees them (scaling_factor 1.0). As in diffusers, any H and W encode (to ceil-sized latents: 60x60 -> 8x8 at 8x)
@@ -160,13 +161,6 @@ class AutoencoderTiny(nn.Module):
     def disable_slicing(self) -> None:
         self.use_slicing = False
 
-    def enable_tiling(self, **options: Any) -> None:
-        """Encode/decode in tiles whose result equals the untiled one (see `tinyae.tiling` for options)."""
-        from ..engine.tiling import check_options
-
-        self.tiling_options = check_options(self, options)
-        self.use_tiling = True
-
     def disable_tiling(self) -> None:
         self.use_tiling = False
 
@@ -246,9 +240,7 @@ class AutoencoderTiny(nn.Module):
         if prepare is not None:
             x = prepare(x)
         if self.use_tiling:
-            from ..engine.tiling import tiled_apply
-
-            return tiled_apply(net, x, **self.tiling_options)
+            return self._tiled(net, x)
         if self.gradient_checkpointing and torch.is_grad_enabled():
             if isinstance(net, Decoder):
                 x = net.clamp(x)
@@ -291,6 +283,10 @@ class AutoencoderTiny(nn.Module):
         self._finite_output(out, "decoding", "images", x.dtype)
         return DecoderOutput(sample=out) if return_dict else (out,)
 
+    def _tiled(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Run `net` in row bands (use_tiling); the network alone has no tiling executor (tinyae.AutoencoderTiny)."""
+        raise NotImplementedError("tiling needs an executor: use tinyae.AutoencoderTiny")
+
     def forward(self, sample: torch.Tensor, return_dict: bool = True) -> DecoderOutput | tuple[torch.Tensor]:
         """Encode, quantise the latents to 8 bits through scale_latents, unscale, decode (as diffusers)."""
         enc = self.encode(sample).latents
@@ -298,46 +294,11 @@ class AutoencoderTiny(nn.Module):
         dec = self.decode(self.unscale_latents(scaled / 255.0).to(enc.dtype)).sample
         return DecoderOutput(sample=dec) if return_dict else (dec,)
 
-    # ------------------------------------------------------------------ fast inference (tinyae.runtime)
-    def optimize(self, precision: str = "auto", **kw: Any) -> "AutoencoderTiny":
-        """A copy whose encode/decode run as fast as this device allows; see `tinyae.runtime.optimize`."""
-        from ..engine.runtime import optimize
-
-        return optimize(self, precision, **kw)
-
-    # ------------------------------------------------------------------ loading and saving
+    # ------------------------------------------------------------------ construction
     @classmethod
-    def from_config(cls, config: dict[str, Any] | TinyConfig, **kwargs: Any) -> "AutoencoderTiny":
+    def from_config(cls, config: dict[str, Any] | TinyConfig, **kwargs: Any) -> "AutoencoderTinyBase":
         cfg = config if isinstance(config, TinyConfig) else TinyConfig.from_dict(config)
         return cls(**cfg.init_kwargs(), **kwargs)
-
-    @classmethod
-    def from_pretrained(cls, source: str | os.PathLike | tuple, torch_dtype: torch.dtype | None = None,
-                        device: str | torch.device | None = None, **kwargs: Any) -> "AutoencoderTiny":
-        """Load a variant name ("taesd", "taef2", ...), a local folder or file(s), or a hub repo id.
-
-        See `tinyae.weights.load` for every accepted source and keyword (sha256, revision, cache_dir,
-        local_files_only, subfolder). Raises `tinyae.WeightsError` for any fault in the weights.
-        """
-        from ..io.weights import load
-
-        model = load(source, **kwargs)
-        if torch_dtype is not None or device is not None:
-            model = model.to(device=device, dtype=torch_dtype)
-        return model.eval()
-
-    def save_pretrained(self, save_directory: str | os.PathLike, safe_serialization: bool = True,
-                        **kwargs: Any) -> None:
-        """Write diffusers layout: config.json + diffusion_pytorch_model.safetensors (atomically)."""
-        from ..io.weights import save_diffusers
-
-        save_diffusers(self, save_directory, safe_serialization=safe_serialization)
-
-    def save_original(self, folder: str | os.PathLike, name: str, format: str = "safetensors") -> list[str]:
-        """Write the original layout: `<name>_encoder.<ext>` / `<name>_decoder.<ext>` (format: safetensors|pth)."""
-        from ..io.weights import save_original
-
-        return save_original(self, folder, name, format=format)
 
     def extra_repr(self) -> str:
         parts = [f"latent_channels={self.config.latent_channels}", f"scale={self.spatial_scale_factor}"]
