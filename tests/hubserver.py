@@ -307,3 +307,46 @@ class _Handler(BaseHTTPRequestHandler):
                 e["lfs"] = {"oid": hashlib.sha256(d).hexdigest(), "size": len(d), "pointerSize": 134}
             entries.append(e)
         self._send(200, {"Content-Type": "application/json"}, json.dumps(entries).encode(), body)
+
+
+def point_hub(monkeypatch, *, endpoint: str | None = None, home: Path | str | None = None,
+              offline: bool = False) -> None:
+    """Point huggingface_hub at an endpoint, a cache home and offline mode after it was imported, as a user does by
+    setting HF_ENDPOINT / HF_HOME / HF_HUB_OFFLINE before starting Python: huggingface_hub reads them once, at import,
+    into `huggingface_hub.constants` (tinyae uses those, it does not read the environment itself). The environment is
+    set too, for child processes."""
+    from huggingface_hub import constants
+
+    if endpoint is not None:
+        endpoint = endpoint.rstrip("/")
+        monkeypatch.setenv("HF_ENDPOINT", endpoint)
+        monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_HOME", endpoint + "/")
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                            endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+    if home is not None:
+        home = Path(home)
+        monkeypatch.setenv("HF_HOME", str(home))
+        monkeypatch.setenv("HF_HUB_CACHE", str(home / "hub"))
+        monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
+        for name, value in {"HF_HOME": home, "HF_HUB_CACHE": home / "hub", "HUGGINGFACE_HUB_CACHE": home / "hub",
+                            "HF_ASSETS_CACHE": home / "assets", "HUGGINGFACE_ASSETS_CACHE": home / "assets",
+                            "HF_XET_CACHE": home / "xet", "HF_TOKEN_PATH": home / "token",
+                            "HF_STORED_TOKENS_PATH": home / "stored_tokens",
+                            "AGENT_HARNESSES_PATH": home / ".agent_harnesses.json",
+                            "CHECK_FOR_UPDATE_DONE_PATH": home / ".check_for_update_done",
+                            "CHECK_FOR_SKILL_UPDATE_DONE_PATH": home / ".check_for_skill_update_done"}.items():
+            if hasattr(constants, name):
+                monkeypatch.setattr(constants, name, str(value))
+    if offline:
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    else:
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
+    try:  # huggingface_hub >= 2 fetches an "agent harnesses" registry from the endpoint for its user agent, once a
+        # day: not a request of tinyae's, so the imitation hub's request log stays tinyae's own
+        from huggingface_hub.utils import _detect_agent
+    except ImportError:
+        pass
+    else:
+        monkeypatch.setattr(_detect_agent, "_registry", getattr(_detect_agent, "_EMPTY_REGISTRY", {}))

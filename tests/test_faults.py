@@ -28,7 +28,10 @@ def run_child(argv: list[str]) -> None:
     """A CLI run in a child process (forked from a server that imported torch once: fast to start)."""
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ.pop(cli.MODEL_ENV, None)
+    import huggingface_hub.constants
     import torch
+
+    huggingface_hub.constants.HF_HUB_OFFLINE = True  # read at import: the forkserver imported it before
 
     torch.set_num_threads(1)
     devnull = os.open(os.devnull, os.O_WRONLY)

@@ -28,6 +28,7 @@ from tinyae.data.codec import LatentFileError, load_latents, save_latents
 from tinyae.data.images import ImageError, read_source
 from tinyae.nets.variants import VARIANTS
 
+from hubserver import point_hub
 from reliability_helpers import hidden, tiny_model
 
 FUZZ = settings(max_examples=40, deadline=timedelta(seconds=20), derandomize=True,
@@ -196,7 +197,7 @@ LATENT_KEYS = ["latent_channels", "magnitude", "shift", "original_size", "graysc
 @given(edits=st.dictionaries(st.sampled_from(LATENT_KEYS), _metadata_values(), min_size=1, max_size=3),
        name=st.sampled_from(["z.safetensors", "z.latent.png"]))
 def test_latent_metadata_values_and_the_cli(seeds, tmp_path, capsys, monkeypatch, model_dir, edits, name):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    point_hub(monkeypatch, offline=True)
     monkeypatch.delenv(cli.MODEL_ENV, raising=False)
     path = tmp_path / name
     path.write_bytes(seeds[name])

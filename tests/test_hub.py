@@ -1,8 +1,8 @@
 """Loading by variant name and hub repo id through huggingface_hub, against a local imitation of the hub.
 
 tests/hubserver.py serves the hub's file endpoints on 127.0.0.1 (nothing leaves the machine). The fixture points
-HF_ENDPOINT at it and HF_HOME / HF_HUB_CACHE at tmp_path *after* huggingface_hub was imported: tinyae reads them at
-call time, and the tests check that the server (not huggingface.co) saw the requests.
+huggingface_hub's endpoint at it and its cache at tmp_path (`point_hub`: its constants, which tinyae uses instead of
+reading the environment itself), and the tests check that the server (not huggingface.co) saw the requests.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from conftest import IMAGES, TAEF2, TAESANA_ENCODER, load_photo
-from hubserver import HubServer
+from hubserver import HubServer, point_hub
 from tinyae import AutoencoderTiny, WeightsError
 from tinyae.nets.variants import get_variant, variant_config
 from tinyae.io.files import sha256_file
@@ -31,26 +31,19 @@ TINY = {"encoder_block_out_channels": (8, 8, 8, 8), "decoder_block_out_channels"
 
 @pytest.fixture
 def hub(tmp_path, monkeypatch):
-    """A running imitation hub, with HF_ENDPOINT / HF_HOME / HF_HUB_CACHE pointing at it and at tmp_path."""
-    import huggingface_hub.constants
-
+    """A running imitation hub, with huggingface_hub pointed at it and its cache at tmp_path (`point_hub`)."""
     home = tmp_path / "hf"
-    monkeypatch.setenv("HF_HOME", str(home))
-    monkeypatch.setenv("HF_HUB_CACHE", str(home / "hub"))
-    monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # in case it was set at import
     # huggingface_hub waits 1 s before each of its retries of an interrupted transfer or an unreachable host:
     # same behaviour, without the waiting.
     monkeypatch.setattr(time, "sleep", lambda seconds: None)
     with HubServer() as server:
-        monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
+        point_hub(monkeypatch, endpoint=server.endpoint, home=home)
         server.cache = home / "hub"  # type: ignore[attr-defined]
         yield server
 
 
 def offline(monkeypatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    point_hub(monkeypatch, offline=True)
 
 
 def cache_files(cache: Path) -> dict[str, bytes]:

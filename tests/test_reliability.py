@@ -28,6 +28,7 @@ from tinyae import AutoencoderTiny, WeightsError, cli
 from tinyae.data.codec import LatentFileError, load_latents, save_latents
 from tinyae.data.images import decode_latents, read_image, to_source
 
+from hubserver import point_hub
 from reliability_helpers import saved_model, tiny_images, tiny_model
 from test_hub import assert_cache_trustworthy, diffusers_files, hub, offline, same_weights  # noqa: F401
 
@@ -146,7 +147,7 @@ def test_d3_hub_config_that_does_not_validate_is_evicted(hub, tmp_path):
 @pytest.mark.parametrize("recorded", ["attacker/evil-tae", "LOCAL"])
 def test_d4_latent_metadata_cannot_choose_the_model(tmp_path, model_dir, monkeypatch, capsys, recorded):
     monkeypatch.delenv(cli.MODEL_ENV, raising=False)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    point_hub(monkeypatch, offline=True)
     recorded = str(model_dir) if recorded == "LOCAL" else recorded
     save_latents(tmp_path / "x.safetensors", torch.zeros(4, 3, 3), variant=recorded)
     out = tmp_path / "out"

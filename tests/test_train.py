@@ -374,17 +374,12 @@ def test_diffusers_teacher_from_the_hub(fx, tmp_path, monkeypatch):
     """A hub id whose config.json names AutoencoderKL loads with diffusers (tests/hubserver.py, no network)."""
     import time
 
-    import huggingface_hub.constants
-    from hubserver import HubServer
+    from hubserver import HubServer, point_hub
 
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(time, "sleep", lambda seconds: None)
     files = {p.name: p for p in (fx / "vae").iterdir()}
     with HubServer() as server:
-        monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
+        point_hub(monkeypatch, endpoint=server.endpoint, home=tmp_path / "hf")
         server.add_repo("someone/tiny-kl", files)
         t = load_teacher("someone/tiny-kl")
     local = load_teacher(str(fx / "vae"))

@@ -36,19 +36,13 @@ class _NotOnHub(WeightsError):
 
 
 def _hub_settings(cache_dir: str | os.PathLike | None, local_files_only: bool | None) -> dict[str, Any]:
-    """endpoint, cache_dir and offline mode from HF_ENDPOINT, HF_HUB_CACHE / HF_HOME and HF_HUB_OFFLINE as they are
-    now: huggingface_hub reads them once, when it is imported, so a later `os.environ[...] = ...` would be ignored."""
+    """cache_dir and offline mode for huggingface_hub's calls. The endpoint, the cache folder and offline mode are
+    huggingface_hub's own (`huggingface_hub.constants`: HF_ENDPOINT, HF_HOME / HF_HUB_CACHE and HF_HUB_OFFLINE as
+    they were when it was imported); tinyae does not read the environment itself. `local_files_only=True` turns
+    offline mode on for one call."""
     from huggingface_hub import constants
 
-    env = os.environ
-    endpoint = env.get("HF_ENDPOINT", "").strip().rstrip("/") or None
-    if cache_dir is None:
-        home = env.get("HF_HOME")
-        cache_dir = (env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE")
-                     or (os.path.join(os.path.expanduser(home), "hub") if home else None))
-    offline = (bool(local_files_only) or constants.HF_HUB_OFFLINE
-               or env.get("HF_HUB_OFFLINE", "").strip().upper() in constants.ENV_VARS_TRUE_VALUES)
-    return {"endpoint": endpoint, "cache_dir": cache_dir, "local_files_only": offline}
+    return {"cache_dir": cache_dir, "local_files_only": bool(local_files_only) or bool(constants.HF_HUB_OFFLINE)}
 
 
 def _not_cached(where: str, offline: bool) -> WeightsNotCachedError:
@@ -273,8 +267,7 @@ def _repo_files(repo_id: str, *, subfolder: str | None = None, **hub: Any) -> di
             return {"config": _hub_config(cfg_path, f"{repo_id}/config.json"), "files": [(w, None)]}
         raise WeightsError(f"{repo_id}: has config.json but no {' or '.join(DIFFUSERS_WEIGHTS)}")
     try:
-        names = HfApi(endpoint=settings["endpoint"]).list_repo_files(repo_id, revision=hub.get("revision"),
-                                                                     token=hub.get("token"))
+        names = HfApi().list_repo_files(repo_id, revision=hub.get("revision"), token=hub.get("token"))
     except Exception as e:
         raise WeightsError(f"{repo_id}: cannot list the repository ({first_line(e)})") from None
     if subfolder:
