@@ -210,3 +210,27 @@ def test_tiled_fast_output_is_widened_once():
     assert out.dtype == torch.float32 and torch.equal(out, out.to(torch.bfloat16).float())
     fast.enable_tiling(band_rows=2)
     assert fast.decode(z).sample.dtype == torch.bfloat16 and fast.decode(z.float()).sample.dtype == torch.float32
+
+
+@settings(max_examples=12, deadline=None)
+@given(gn=st.booleans(), stem=st.booleans(), seed=st.integers(0, 99), band=st.integers(1, 5),
+       h=st.integers(1, 4), w=st.integers(1, 5), tile=st.integers(1, 40), precision=st.sampled_from(PRECISIONS),
+       tiling_first=st.booleans())
+def test_column_tiles_compose(gn, stem, seed, band, h, w, tile, precision, tiling_first):
+    """Chunks cut into column tiles (as at very wide images) give the same results as whole rows."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fast_stream, "MIN_CHUNK_ROWS", 1)
+        mp.setattr(fast_stream, "CHUNK_BYTES", 1)
+        mp.setattr(fast_stream, "MIN_TILE_COLUMNS", tile)
+        _check_composition(gn, stem, seed, band, h, w, precision, tiling_first)
+
+
+def test_wide_chunks_run_in_column_tiles(taef2):
+    """At 16384 columns the widest level's chunks are 2048-column tiles of 32 rows (8 MiB of bf16 activations),
+    as a 2048-wide image's: the same rows recomputed, the same cache footprint."""
+    net = taef2.optimize("bf16" if "bf16" in PRECISIONS else "fp32")._part("decoder")
+    chain = fast_stream._Chain(fast_stream.ops_of(net), 2048, {}, 2048)
+    top = chain.streams[-1]
+    elt = 2 if "bf16" in PRECISIONS else 4
+    assert top.min_rows == max(32, (8 << 20) // (16384 * 64 * elt)) and top.tile == (8 << 20) // (32 * 64 * elt)
+    assert fast_stream._Chain(fast_stream.ops_of(net), 256, {}, 256).streams[-1].tile is None  # 2048 wide: rows

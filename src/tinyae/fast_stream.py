@@ -40,6 +40,7 @@ from .runtime import FastBlock, FastNet, FastStem
 _CL = torch.channels_last
 CHUNK_BYTES = 8 << 20  # an op's chunk: about this many bytes of its widest activation ...
 MIN_CHUNK_ROWS = 32  # ... and at least this many output rows (the recomputed context is 2 x halo rows a chunk)
+MIN_TILE_COLUMNS = 512  # wider images: a chunk runs in column tiles of CHUNK_BYTES, each at least this wide
 STATS_BYTES = 4 << 20  # the float64 slices a GroupNorm statistics pass converts at a time
 
 
@@ -86,6 +87,7 @@ class _Segment:
         self.start = self.received = self.next_out = 0
         self.min_rows = 1
         self.cap = self.n_out
+        self.tile: int | None = None  # output columns per column tile (None: whole rows)
         self.pending: list[torch.Tensor] = []  # a pointwise segment's inputs not yet passed on
 
     @property
@@ -120,6 +122,30 @@ class _Segment:
                 x = op(x)
         return x
 
+    def _call_tiled(self, x: torch.Tensor, top: bool, bottom: bool) -> torch.Tensor:
+        """_call on column tiles of x when its rows are wider than `tile` output columns, so a chunk's activations
+        stay about CHUNK_BYTES at any width (the cache-sized strips of the in-memory path) without more recomputed
+        rows. Columns are cut as rows are: every layer kind is square (k x k kernels, equal strides and scales in
+        both directions), so the declared row geometry gives the columns a tile needs; its edge columns are wrong
+        exactly within that context, which is cropped."""
+        w_in = x.shape[3]
+        w_out = w_in * self.up // self.down
+        if self.tile is None or w_out <= self.tile:
+            return self._call(x, top, bottom)
+        out = None
+        for c0 in range(0, w_out, self.tile):
+            c1 = min(w_out, c0 + self.tile)
+            lo, hi = self.needed(c0, c1 - 1)
+            a = max(0, lo) // self.down * self.down
+            b = min(w_in, -(-(hi + 1) // self.down) * self.down)
+            y = self._call(x[..., a:b].contiguous(memory_format=_CL), top, bottom)
+            if out is None:
+                out = torch.empty((*y.shape[:3], w_out), dtype=y.dtype, device=y.device, memory_format=_CL)
+            offset = a * self.up // self.down
+            out[..., c0:c1] = y[..., c0 - offset: c1 - offset]
+            del y
+        return out
+
     def take(self, x: torch.Tensor | None) -> None:
         """The next input rows (None: nothing new)."""
         if x is None:
@@ -144,7 +170,7 @@ class _Segment:
         first = max(0, lo) // self.down * self.down
         last = min(self.n_in, -(-(hi + 1) // self.down) * self.down)
         chunk = self.store[:, :, first - self.start: last - self.start]
-        y = self._call(chunk, first == 0, last == self.n_in)
+        y = self._call_tiled(chunk, first == 0, last == self.n_in)
         offset = first * self.up // self.down
         out = y[:, :, self.next_out - offset: end - offset]
         self.next_out = end
@@ -199,6 +225,8 @@ class _Chain:
             if any(isinstance(op, FastBlock) and op.pool is not None for op in group):
                 row_bytes *= 4
             s.min_rows = max(MIN_CHUNK_ROWS, CHUNK_BYTES // max(1, row_bytes))
+            columns = max(MIN_TILE_COLUMNS, CHUNK_BYTES * w // max(1, row_bytes * s.min_rows))
+            s.tile = columns if columns < w and not s.pointwise else None
             self.streams.append(s)
             n = s.n_out
         self.n_out = n
