@@ -205,15 +205,20 @@ class _Segment:
 
 
 class _Chain:
-    """The ops cut into segments, one per resolution level: a new segment starts at every resampling op."""
+    """The ops cut into segments, one per resolution level, as the in-memory strips: a new segment starts at every
+    upsampling op (which reads the level below) and after every downsampling op (which ends the level it reads),
+    so each segment keeps the rows of its lower-resolution end (the encoder's first segment: image rows, not its
+    64-channel full-resolution activations)."""
 
     def __init__(self, ops: list[nn.Module], n_in: int, stats: Stats, width: int):
         groups: list[list[nn.Module]] = []
+        ended = True
         for op in ops:
             g = geometry(op)
-            if not groups or g.up != 1 or g.down != 1:
+            if ended or g.up != 1:
                 groups.append([])
             groups[-1].append(op)
+            ended = g.down != 1
         self.streams: list[_Segment] = []
         n, w = n_in, width
         for group in groups:
