@@ -234,3 +234,16 @@ def test_wide_chunks_run_in_column_tiles(taef2):
     elt = 2 if "bf16" in PRECISIONS else 4
     assert top.min_rows == max(32, (8 << 20) // (16384 * 64 * elt)) and top.tile == (8 << 20) // (32 * 64 * elt)
     assert fast_stream._Chain(fast_stream.ops_of(net), 256, {}, 256).streams[-1].tile is None  # 2048 wide: rows
+
+
+def test_column_tiles_on_taef2_equal_eager(taef2, astronaut, monkeypatch):
+    """The real taef2 (GroupNorm included), every level cut into 64-column tiles of 8-row chunks: fp32 equals eager."""
+    monkeypatch.setattr(fast_stream, "MIN_CHUNK_ROWS", 8)
+    monkeypatch.setattr(fast_stream, "CHUNK_BYTES", 1)
+    monkeypatch.setattr(fast_stream, "MIN_TILE_COLUMNS", 64)
+    fast = taef2.optimize("fp32")
+    x = astronaut[:, :, :192, :320]
+    z = taef2.encode(x).latents
+    fast.enable_tiling(band_rows=2)
+    assert (fast.decode(z).sample - taef2.decode(z).sample).abs().max() <= 1e-5
+    assert (fast.encode(x).latents - taef2.encode(x).latents).abs().max() <= 1e-5
