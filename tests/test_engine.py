@@ -146,3 +146,105 @@ def test_fast_stream_groupnorm_statistics_match_the_whole_image(taef2, astronaut
     fast.enable_tiling(band_rows=1)
     assert (fast.decode(z).sample - taef2.decode(z).sample).abs().max() <= 1e-5
     assert (fast.encode(x).latents - taef2.encode(x).latents).abs().max() <= 1e-5
+
+
+def test_bands_convert_band_by_band_and_read_again():
+    x = torch.randn(1, 4, 7, 5)
+    bands = fast_stream.Bands(x, 3, torch.bfloat16)
+    for _ in range(2):  # a streamed run reads it once per GroupNorm, then once more
+        parts = list(bands)
+        assert [p.shape[2] for p in parts] == [3, 3, 1] and all(p.dtype == torch.bfloat16 for p in parts)
+        assert torch.equal(torch.cat(parts, dim=2), x.to(torch.bfloat16))
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 99), band=st.integers(1, 4), h=st.integers(1, 6), w=st.integers(1, 3),
+       tiny_chunks=st.booleans(), precision=st.sampled_from(PRECISIONS))
+def test_groupnorm_replay_equals_keeping_the_stage_input(seed, band, h, w, tiny_chunks, precision):
+    """The decoder's GroupNorm statistics from passes that re-read the input (Bands: nothing kept) and from the kept
+    lowest-resolution stage (a one-shot iterator) give the same image, that of the in-memory optimized decoder."""
+    fast = _model(True, False, seed).optimize(precision)
+    net = fast._part("decoder")
+    z = (torch.randn(1, 4, h, w) * 2).to(fast.dtype)
+    want = net(z).float()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fast_stream, "MIN_CHUNK_ROWS", 1 if tiny_chunks else 32)
+        mp.setattr(fast_stream, "CHUNK_BYTES", 1 if tiny_chunks else 8 << 20)
+        replayed = torch.cat([b.float() for b in fast_stream.stream_apply(
+            net, fast_stream.Bands(z, band, z.dtype), h, w, band)], dim=2)
+        kept = torch.cat([b.float() for b in fast_stream.stream_apply(
+            net, iter(list(z.split(band, dim=2))), h, w, band)], dim=2)
+    tol = 1e-5 if precision == "fp32" else 0.05
+    for got in (replayed, kept):
+        assert (got - want).abs().max().item() <= tol * max(1.0, want.abs().max().item())
+
+
+def test_streamed_decode_keeps_no_whole_image_tensor(monkeypatch, tmp_path):
+    """decode_to_png of a GroupNorm decoder on the fast kernels: no whole-image (or whole-stage) tensor is
+    collected, and the latents are converted to the model's dtype band by band."""
+    fast = _model(True, False, 3).optimize("bf16" if "bf16" in PRECISIONS else "fp32")
+    z = torch.randn(1, 4, 6, 5)
+    want = to_uint8(fast.decode(z).sample)[0].numpy()
+
+    def no_collect(*args, **kwargs):
+        raise AssertionError("a whole tensor was collected")
+
+    monkeypatch.setattr(fast_stream, "_collect", no_collect)
+    converted = []
+    monkeypatch.setattr(fast_stream.Bands, "__iter__", lambda self: (converted.append(b.shape[2]) or b.to(self.dtype)
+                                                                     for b in self.x.split(self.rows, dim=2)))
+    decode_to_png(fast, z, tmp_path / "d.png", band_rows=2)
+    assert converted and max(converted) == 2
+    got = np.asarray(Image.open(tmp_path / "d.png"))
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 2
+
+
+def test_tiled_fast_output_is_widened_once():
+    """tiled_apply of a bf16 net returns float32 holding the bf16 values (the caller widens anyway); decode keeps
+    the caller's dtype."""
+    if "bf16" not in PRECISIONS:
+        pytest.skip("no bf16 kernels on this CPU")
+    fast = _model(True, False, 5).optimize("bf16")
+    net = fast._part("decoder")
+    z = torch.randn(1, 4, 5, 4).to(torch.bfloat16)
+    out = fast_stream.tiled_apply(net, z, 2)
+    assert out.dtype == torch.float32 and torch.equal(out, out.to(torch.bfloat16).float())
+    fast.enable_tiling(band_rows=2)
+    assert fast.decode(z).sample.dtype == torch.bfloat16 and fast.decode(z.float()).sample.dtype == torch.float32
+
+
+@settings(max_examples=12, deadline=None)
+@given(gn=st.booleans(), stem=st.booleans(), seed=st.integers(0, 99), band=st.integers(1, 5),
+       h=st.integers(1, 4), w=st.integers(1, 5), tile=st.integers(1, 40), precision=st.sampled_from(PRECISIONS),
+       tiling_first=st.booleans())
+def test_column_tiles_compose(gn, stem, seed, band, h, w, tile, precision, tiling_first):
+    """Chunks cut into column tiles (as at very wide images) give the same results as whole rows."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fast_stream, "MIN_CHUNK_ROWS", 1)
+        mp.setattr(fast_stream, "CHUNK_BYTES", 1)
+        mp.setattr(fast_stream, "MIN_TILE_COLUMNS", tile)
+        _check_composition(gn, stem, seed, band, h, w, precision, tiling_first)
+
+
+def test_wide_chunks_run_in_column_tiles(taef2):
+    """At 16384 columns the widest level's chunks are 2048-column tiles of 32 rows (8 MiB of bf16 activations),
+    as a 2048-wide image's: the same rows recomputed, the same cache footprint."""
+    net = taef2.optimize("bf16" if "bf16" in PRECISIONS else "fp32")._part("decoder")
+    chain = fast_stream._Chain(fast_stream.ops_of(net), 2048, {}, 2048)
+    top = chain.streams[-1]
+    elt = 2 if "bf16" in PRECISIONS else 4
+    assert top.min_rows == max(32, (8 << 20) // (16384 * 64 * elt)) and top.tile == (8 << 20) // (32 * 64 * elt)
+    assert fast_stream._Chain(fast_stream.ops_of(net), 256, {}, 256).streams[-1].tile is None  # 2048 wide: rows
+
+
+def test_column_tiles_on_taef2_equal_eager(taef2, astronaut, monkeypatch):
+    """The real taef2 (GroupNorm included), every level cut into 64-column tiles of 8-row chunks: fp32 equals eager."""
+    monkeypatch.setattr(fast_stream, "MIN_CHUNK_ROWS", 8)
+    monkeypatch.setattr(fast_stream, "CHUNK_BYTES", 1)
+    monkeypatch.setattr(fast_stream, "MIN_TILE_COLUMNS", 64)
+    fast = taef2.optimize("fp32")
+    x = astronaut[:, :, :192, :320]
+    z = taef2.encode(x).latents
+    fast.enable_tiling(band_rows=2)
+    assert (fast.decode(z).sample - taef2.decode(z).sample).abs().max() <= 1e-5
+    assert (fast.encode(x).latents - taef2.encode(x).latents).abs().max() <= 1e-5

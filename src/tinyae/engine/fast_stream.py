@@ -13,9 +13,16 @@ at L * up / down (stride-s convolution: chunk output row i reads chunk rows s*i 
 which is image output row L/s + i; upsampling by u: row u*L + i). Output rows [a, b) read input rows
 `geometry.needed(a, b - 1)`, clipped to the image; the chunk is those rows, widened to multiples of `down`.
 
-GroupNorm (taef2) needs whole-image statistics: as in the eager executor, the stack is cut before the first block
-with a GroupNorm, its lowest-resolution input is kept, one streamed pass per GroupNorm accumulates its statistics
-(float64 sums), and the last pass applies them (`FastBlock.forward(stats=...)`).
+GroupNorm (taef2) needs whole-image statistics: one streamed pass per GroupNorm accumulates its statistics (float64
+sums), and the last pass applies them (`FastBlock.forward(stats=...)`). Only the statistics are kept, not
+activations, where the input can be read again (a tensor given as `Bands`, or a list) and the ops before the first
+GroupNorm are cheap (no residual block: taef2's decoder, one convolution at latent resolution): every pass then
+starts from the input. Otherwise (the encoder, or a one-shot iterator of bands), as in the eager executor, the stack
+is cut before the first GroupNorm block and that stage's lowest-resolution input is kept.
+
+Memory: each resolution level holds its input rows for the next chunk plus one chunk's activations, a chunk being
+about CHUNK_BYTES of its widest activation (8 MiB: the in-memory strips' size, so the same rows are recomputed), so
+the engine holds a few dozen MB at 2048 columns, about width / 2048 times that at wider images.
 """
 
 from __future__ import annotations
@@ -31,8 +38,22 @@ from ..nets.layers import Geometry, geometry
 from .runtime import FastBlock, FastNet, FastStem
 
 _CL = torch.channels_last
-CHUNK_BYTES = 16 << 20  # an op's chunk: about this many bytes of its widest activation ...
+CHUNK_BYTES = 8 << 20  # an op's chunk: about this many bytes of its widest activation ...
 MIN_CHUNK_ROWS = 32  # ... and at least this many output rows (the recomputed context is 2 x halo rows a chunk)
+MIN_TILE_COLUMNS = 512  # wider images: a chunk runs in column tiles of CHUNK_BYTES, each at least this wide
+STATS_BYTES = 4 << 20  # the float64 slices a GroupNorm statistics pass converts at a time
+
+
+class Bands:
+    """The row bands of a tensor x (B, C, H, W), `rows` rows each, converted to `dtype` one band at a time as they
+    are read (the whole input is never copied); iterable more than once, so a streamed run can read it again."""
+
+    def __init__(self, x: torch.Tensor, rows: int, dtype: torch.dtype):
+        self.x, self.rows, self.dtype = x, rows, dtype
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        for band in self.x.split(self.rows, dim=2):
+            yield band.to(self.dtype)
 
 Stats = dict[int, tuple[torch.Tensor, torch.Tensor]]  # id(FastBlock) -> (mean, rstd), each (B, groups) float64
 
@@ -66,6 +87,7 @@ class _Segment:
         self.start = self.received = self.next_out = 0
         self.min_rows = 1
         self.cap = self.n_out
+        self.tile: int | None = None  # output columns per column tile (None: whole rows)
         self.pending: list[torch.Tensor] = []  # a pointwise segment's inputs not yet passed on
 
     @property
@@ -100,6 +122,30 @@ class _Segment:
                 x = op(x)
         return x
 
+    def _call_tiled(self, x: torch.Tensor, top: bool, bottom: bool) -> torch.Tensor:
+        """_call on column tiles of x when its rows are wider than `tile` output columns, so a chunk's activations
+        stay about CHUNK_BYTES at any width (the cache-sized strips of the in-memory path) without more recomputed
+        rows. Columns are cut as rows are: every layer kind is square (k x k kernels, equal strides and scales in
+        both directions), so the declared row geometry gives the columns a tile needs; its edge columns are wrong
+        exactly within that context, which is cropped."""
+        w_in = x.shape[3]
+        w_out = w_in * self.up // self.down
+        if self.tile is None or w_out <= self.tile:
+            return self._call(x, top, bottom)
+        out = None
+        for c0 in range(0, w_out, self.tile):
+            c1 = min(w_out, c0 + self.tile)
+            lo, hi = self.needed(c0, c1 - 1)
+            a = max(0, lo) // self.down * self.down
+            b = min(w_in, -(-(hi + 1) // self.down) * self.down)
+            y = self._call(x[..., a:b].contiguous(memory_format=_CL), top, bottom)
+            if out is None:
+                out = torch.empty((*y.shape[:3], w_out), dtype=y.dtype, device=y.device, memory_format=_CL)
+            offset = a * self.up // self.down
+            out[..., c0:c1] = y[..., c0 - offset: c1 - offset]
+            del y
+        return out
+
     def take(self, x: torch.Tensor | None) -> None:
         """The next input rows (None: nothing new)."""
         if x is None:
@@ -124,7 +170,7 @@ class _Segment:
         first = max(0, lo) // self.down * self.down
         last = min(self.n_in, -(-(hi + 1) // self.down) * self.down)
         chunk = self.store[:, :, first - self.start: last - self.start]
-        y = self._call(chunk, first == 0, last == self.n_in)
+        y = self._call_tiled(chunk, first == 0, last == self.n_in)
         offset = first * self.up // self.down
         out = y[:, :, self.next_out - offset: end - offset]
         self.next_out = end
@@ -132,12 +178,14 @@ class _Segment:
         self._drop_before(min(keep, self.received))
         return out
 
-    # The input rows live in one buffer per segment, reused across pushes: a fresh allocation of this size is a new
-    # mmap whose pages fault in each time, and torch.cat along rows of channels_last tensors is a slow copy.
+    # The input rows live in one buffer per segment (grown by a quarter when too small), reused across pushes: a
+    # fresh allocation of this size is a new mmap whose pages fault in each time, and torch.cat along rows of
+    # channels_last tensors is a slow copy.
     def _append(self, x: torch.Tensor) -> None:
         held, n = self.received - self.start, x.shape[2]
         if self.store is None or held + n > self.store.shape[2]:
-            grown = torch.empty((x.shape[0], x.shape[1], 2 * (held + n), x.shape[3]), dtype=x.dtype, device=x.device,
+            rows = held + n + (held + n) // 4
+            grown = torch.empty((x.shape[0], x.shape[1], rows, x.shape[3]), dtype=x.dtype, device=x.device,
                                 memory_format=_CL)
             if held:
                 grown[:, :, :held] = self.store[:, :, :held]
@@ -157,22 +205,33 @@ class _Segment:
 
 
 class _Chain:
-    """The ops cut into segments, one per resolution level: a new segment starts at every resampling op."""
+    """The ops cut into segments, one per resolution level, as the in-memory strips: a new segment starts at every
+    upsampling op (which reads the level below) and after every downsampling op (which ends the level it reads),
+    so each segment keeps the rows of its lower-resolution end (the encoder's first segment: image rows, not its
+    64-channel full-resolution activations)."""
 
     def __init__(self, ops: list[nn.Module], n_in: int, stats: Stats, width: int):
         groups: list[list[nn.Module]] = []
+        ended = True
         for op in ops:
             g = geometry(op)
-            if not groups or g.up != 1 or g.down != 1:
+            if ended or g.up != 1:
                 groups.append([])
             groups[-1].append(op)
+            ended = g.down != 1
         self.streams: list[_Segment] = []
         n, w = n_in, width
         for group in groups:
             s = _Segment(group, n, stats)
-            w = w * s.up // s.down
-            row_bytes = w * max(_channels(op) for op in group) * 4
+            w_in, w = w, w * s.up // s.down
+            # bytes per output row of the widest activation, or of the input rows it reads (a stride-2 segment
+            # reads 2 rows twice as wide); GroupNorm's two float32 temporaries (scale-and-shift) count 4 times
+            row_bytes = max(w, w_in * s.down) * max(_channels(op) for op in group) * _element_size(group)
+            if any(isinstance(op, FastBlock) and op.pool is not None for op in group):
+                row_bytes *= 4
             s.min_rows = max(MIN_CHUNK_ROWS, CHUNK_BYTES // max(1, row_bytes))
+            columns = max(MIN_TILE_COLUMNS, CHUNK_BYTES * w // max(1, row_bytes * s.min_rows))
+            s.tile = columns if columns < w and not s.pointwise else None
             self.streams.append(s)
             n = s.n_out
         self.n_out = n
@@ -191,14 +250,19 @@ class _Chain:
             return
         s = self.streams[i]
         s.take(x)
+        del x  # copied into the segment's rows: the level above may free it
         while (y := s.produce(final)) is not None:
-            yield from self.feed(y, final and s.done, i + 1)
+            below = self.feed(y, final and s.done, i + 1)
+            del y  # held by `below` only until the next level has copied it
+            yield from below
         if final and s.done:
             yield from self.feed(None, True, i + 1)  # the levels below flush what they still hold
 
     def set_cap(self, fraction: float) -> None:
+        """Chunks of min_rows output rows, whatever the input bands' `fraction` of the input: larger bands do not
+        make larger chunks, so the memory stays that of one chunk per level."""
         for s in self.streams:
-            s.cap = max(s.min_rows, 2 * math.ceil(fraction * s.n_out))
+            s.cap = s.min_rows
 
 
 def _channels(op: nn.Module) -> int:
@@ -208,6 +272,13 @@ def _channels(op: nn.Module) -> int:
             return sub.weight.shape[0]
     w = getattr(op, "weight", None)
     return w.shape[0] if w is not None else 64
+
+
+def _element_size(ops: list[nn.Module]) -> int:
+    for op in ops:
+        for p in op.parameters():
+            return p.element_size()
+    return 4
 
 
 def _run(chain: _Chain, bands: Iterable[torch.Tensor], fraction: float) -> Iterator[torch.Tensor]:
@@ -225,23 +296,30 @@ def _collect(bands: Iterable[torch.Tensor], rows: int,
     return tiling._collect(bands, rows, memory_format)
 
 
-def _gn_stats(ops: list[nn.Module], x: torch.Tensor, rows: int) -> Stats:
-    """Whole-image (mean, rstd) of every GroupNorm in `ops`, in order, each from a streamed pass over x."""
+def _gn_stats(ops: list[nn.Module], first: int, source: Callable[[], Iterable[torch.Tensor]], height: int,
+              width: int, fraction: float) -> Stats:
+    """Whole-image (mean, rstd) of every GroupNorm in ops[first:], in order, each from a streamed pass of
+    ops[:j] over the input `source()` (height x width, bands of about `fraction` of its rows)."""
     stats: Stats = {}
-    for j, op in enumerate(ops):
+    for j in range(first, len(ops)):
+        op = ops[j]
         if not (isinstance(op, FastBlock) and op.pool is not None):
             continue
-        c = op.pool_in.weight.shape[0]
-        g = op.gn_groups
-        s1 = torch.zeros(x.shape[0], c, dtype=torch.float64, device=x.device)
-        s2 = torch.zeros_like(s1)
+        c, g = op.pool_in.weight.shape[0], op.gn_groups
+        s1 = s2 = None
         count = 0
-        chain = _Chain(ops[:j], x.shape[2], stats, x.shape[3])
-        for band in _run(chain, x.split(rows, dim=2), rows / x.shape[2]):
-            h = op.pool_in(band.contiguous(memory_format=_CL)).double()
-            s1 += h.sum((2, 3))
-            s2 += h.square().sum((2, 3))
+        for band in _run(_Chain(ops[:j], height, stats, width), source(), fraction):
+            h = op.pool_in(band.contiguous(memory_format=_CL))
+            if s1 is None:
+                s1 = torch.zeros(h.shape[0], c, dtype=torch.float64, device=h.device)
+                s2 = torch.zeros_like(s1)
+            step = max(1, STATS_BYTES // max(1, h.shape[1] * h.shape[3] * 8))
+            for part in h.split(step, dim=2):  # float64 a few rows at a time
+                d = part.double()
+                s1 += d.sum((2, 3))
+                s2 += d.square_().sum((2, 3))
             count += h.shape[2] * h.shape[3]
+            del band, h, d, part  # not held while the next band is computed
         per = count * (c // g)
         mean = s1.view(-1, g, c // g).sum(-1) / per
         var = (s2.view(-1, g, c // g).sum(-1) / per - mean.square()).clamp_min(0)
@@ -252,30 +330,43 @@ def _gn_stats(ops: list[nn.Module], x: torch.Tensor, rows: int) -> Stats:
 def stream_apply(net: FastNet, bands: Iterable[torch.Tensor], height: int, width: int,
                  band_rows: int) -> Iterator[torch.Tensor]:
     """Run `net` on an input given as consecutive row bands (B, C, rows, width) in the net's dtype; yield output
-    row bands (channels_last). `band_rows`: the input rows per band the caller uses (sets the output granularity)."""
+    row bands (channels_last). `band_rows`: the input rows per band the caller uses. `bands` that can be iterated
+    again (`Bands`, a list) are read once more per GroupNorm instead of keeping an activation (see the module
+    docstring)."""
     prepare: Callable[[torch.Tensor], torch.Tensor] = (lambda t: torch.tanh(t / 3) * 3) if net.clamp else (lambda t: t)
     ops = ops_of(net)
     cut = next((i for i, op in enumerate(ops) if geometry(op).global_stats), len(ops))
     fraction = band_rows / height
+
+    def source() -> Iterator[torch.Tensor]:
+        return (prepare(b) for b in bands)
+
     with torch.no_grad():
-        head = _Chain(ops[:cut], height, {}, width)
-        prepared = (prepare(b) for b in bands)
         if cut == len(ops):
-            yield from _run(head, prepared, fraction)
+            yield from _run(_Chain(ops, height, {}, width), source(), fraction)
             return
-        mid = _collect(_run(head, prepared, fraction), head.n_out) if cut else \
-            _collect(prepared, height).contiguous(memory_format=_CL)
+        if iter(bands) is not bands and not any(isinstance(op, (FastBlock, FastStem)) for op in ops[:cut]):
+            stats = _gn_stats(ops, cut, source, height, width, fraction)  # replay the input: nothing kept
+            yield from _run(_Chain(ops, height, stats, width), source(), fraction)
+            return
+        head = _Chain(ops[:cut], height, {}, width)
+        mid = _collect(_run(head, source(), fraction), head.n_out) if cut else \
+            _collect(source(), height).contiguous(memory_format=_CL)
         rows = max(1, math.ceil(fraction * mid.shape[2]))
-        stats = _gn_stats(ops[cut:], mid, rows)
+        stats = _gn_stats(ops[cut:], 0, lambda: mid.split(rows, dim=2), mid.shape[2], mid.shape[3],
+                          rows / mid.shape[2])
         tail = _Chain(ops[cut:], mid.shape[2], stats, mid.shape[3])
         yield from _run(tail, mid.split(rows, dim=2), rows / mid.shape[2])
 
 
 def tiled_apply(net: FastNet, x: torch.Tensor, band_rows: int) -> torch.Tensor:
-    """Exact banded equivalent of `net(x)` (up to the kernels' rounding), x (B, C, H, W) in the net's dtype."""
+    """Exact banded equivalent of `net(x)` (up to the kernels' rounding), x (B, C, H, W) in the net's dtype.
+    The result is float32 when the net computes in bf16/fp16 (exactly the same values): the callers widen the
+    output anyway, so the narrow copy of the whole output is never held beside the wide one."""
     n_out = height_out(net, x.shape[2])
-    return _collect(stream_apply(net, x.split(band_rows, dim=2), x.shape[2], x.shape[3], band_rows), n_out,
-                    torch.contiguous_format)
+    wide = torch.promote_types(x.dtype, torch.float32)
+    bands = (b.to(wide) for b in stream_apply(net, Bands(x, band_rows, x.dtype), x.shape[2], x.shape[3], band_rows))
+    return _collect(bands, n_out, torch.contiguous_format)
 
 
 def height_out(net: FastNet, height: int) -> int:

@@ -507,9 +507,11 @@ def decode_bands(model: "AutoencoderTiny", latents: torch.Tensor, **options: Any
     """
     opts = check_options(model, options)  # checked now, not at the first next()
     decoder = model._part("decoder")
-    z = model._check(latents, "latents", model.config.latent_channels, 1).to(model.dtype)
+    from .fast_stream import Bands  # converted to the model's dtype band by band, never as a whole copy
+
+    z = model._check(latents, "latents", model.config.latent_channels, 1)
     rows, _ = _band_rows(decoder, z.shape[2], z.shape[3], opts)
-    bands = stream_apply(decoder, z.split(rows, dim=2), z.shape[2], z.shape[3], opts)
+    bands = stream_apply(decoder, Bands(z, rows, model.dtype), z.shape[2], z.shape[3], opts)
     wide = torch.promote_types(model.dtype, latents.dtype)  # elementwise bf16 math is slow on CPUs
     return (band.to(wide).mul_(2).sub_(1).to(latents.dtype) for band in _no_grad(bands))
 
