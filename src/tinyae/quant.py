@@ -17,13 +17,16 @@ Quality and speed: docs/performance.md ("what was tried for issue 16").
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Collection, Sequence
 
 import torch
 import torch.nn as nn
 
-from .runtime import (_CL, FastBlock, FastConv, FastNet, FastUpsampleConv, interleave_phases,
-                      upsample_conv_weights)
+from .runtime import _CL, FastBlock, FastConv, FastNet, FastUpsampleConv, cpu_has_fast_bf16, upsample_conv_weights
+
+if TYPE_CHECKING:
+    from .model import AutoencoderTiny
+    from .runtime import OptimizedAutoencoderTiny
 
 Range = tuple[float, float]  # (min, max) an activation reached during calibration
 
@@ -37,8 +40,8 @@ def _activation_params(r: Range) -> tuple[float, int]:
 
 def to_uint8(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
     """Quantize a float activation (channels_last kept)."""
-    q = torch.quantize_per_tensor(x.float(), scale, zero_point, torch.quint8).int_repr()
-    return q.contiguous(memory_format=_CL)
+    q = x.float().div(scale).round_().add_(zero_point).clamp_(0, 255)
+    return q.to(torch.uint8).contiguous(memory_format=_CL)
 
 
 class QConv(FastConv):
@@ -51,6 +54,8 @@ class QConv(FastConv):
         w_scale = (w.abs().amax((1, 2, 3)) / 127).clamp_min(1e-12)
         qw = (w / w_scale[:, None, None, None]).round().clamp(-127, 127).to(torch.int8)
         super().__init__(qw, None, stride, padding, relu, torch.int8, True)
+        del self.weight  # a buffer: the model's parameters (its `dtype`) stay floating point
+        self.register_buffer("weight", qw.contiguous(memory_format=_CL))
         self.bias = None if bias is None else nn.Parameter(bias.detach().float(), requires_grad=False)
         self.register_buffer("w_scale", w_scale)
         self.register_buffer("w_zp", torch.zeros(w.shape[0], dtype=torch.long))
@@ -68,7 +73,8 @@ class QConv(FastConv):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, overwrite: bool = False,
                 residual_q: tuple[float, int] | None = None) -> torch.Tensor:
-        """`residual`: uint8 at `residual_q` (scale, zero point) when the output is uint8, else float."""
+        """`residual`: uint8 at `residual_q` (scale, zero point) when the output is uint8 , else float; the kernel writes the
+        result into it, so without `overwrite` it is copied first."""
         x = self.quantized_input(x)
         p, s = [self.padding] * 2, [self.stride] * 2
         w = self.packed_weight(x)
@@ -82,6 +88,8 @@ class QConv(FastConv):
             a_scale, a_zp = residual_q
         else:
             residual, a_scale, a_zp = residual.to(self.out_dtype).contiguous(memory_format=_CL), 1.0, 0
+        if not overwrite:  # the kernel sums into the residual's memory
+            residual = residual.clone()
         return torch.ops.onednn.qconv2d_pointwise.binary(
             x, self.x_scale, self.x_zp, w, self.w_scale, self.w_zp, residual, self.bias, s, p, [1, 1], 1, o_scale,
             o_zp, o_dtype, a_scale, a_zp, "sum", 1.0, "relu" if self.relu else None, [], "")
@@ -100,11 +108,16 @@ class QBlock(FastBlock):
         self.conv3 = QConv(block.conv3.weight, block.conv3.bias, 1, 1, True, r3, out_range, out_dtype)
 
     def forward(self, x: torch.Tensor, overwrite: bool = False, stats=None) -> torch.Tensor:
+        """`overwrite`: x belongs to the network and may be overwritten (the uint8 sum is computed in place in the
+        skip's memory; otherwise it is copied first)."""
         xq = self.conv1.quantized_input(x)
         y = self.conv2(self.conv1(xq))
-        skip = xq if self.conv3.out is not None else x if x.dtype != torch.uint8 else \
-            (xq.float() - self.conv1.x_zp) * self.conv1.x_scale
-        return self.conv3(y, residual=skip, residual_q=(self.conv1.x_scale, self.conv1.x_zp))
+        if self.conv3.out is None:  # float output: float skip
+            skip = x if x.dtype != torch.uint8 else (xq.float() - self.conv1.x_zp) * self.conv1.x_scale
+        else:
+            skip = xq
+        return self.conv3(y, residual=skip, overwrite=overwrite or skip is not x,
+                          residual_q=(self.conv1.x_scale, self.conv1.x_zp))
 
 
 class QUpsampleConv(FastUpsampleConv):
@@ -148,17 +161,18 @@ def _input_range(op: nn.Module, ranges: dict[int, Range]) -> Range | None:
     return None
 
 
-def quantize(net: FastNet, calibrate: Callable[[], object], originals: dict[int, nn.Conv2d] | None = None
-             ) -> FastNet:
+def quantize(net: FastNet, calibrate: Callable[[], object], originals: dict[int, nn.Conv2d] | None = None,
+             keep: Collection[int] = ()) -> FastNet:
     """Rewrite `net`'s convolutions, blocks and upsample convolutions to int8 in place (see the module docstring).
     calibrate: runs the (float) network on real inputs, e.g. `lambda: [fast.decode(z) for z in latents]`.
-    originals: {id(FastUpsampleConv): the original 3x3 conv}, needed to quantize upsample convolutions."""
+    originals: {id(FastUpsampleConv): the original 3x3 conv}, needed to quantize upsample convolutions.
+    keep: indices into `net.ops` left in floating point (mixed precision)."""
     if not net.fused:
         raise ValueError("int8 needs a network optimized for the CPU with oneDNN")
     ranges = _ranges(net, calibrate)
     ops = list(net.ops)
     dtype = next(p.dtype for p in net.parameters() if p.is_floating_point())
-    q_in = [_input_range(op, ranges) for op in ops]
+    q_in = [None if i in keep else _input_range(op, ranges) for i, op in enumerate(ops)]
     for i, op in enumerate(ops):
         r = q_in[i]
         if r is None:
@@ -187,3 +201,40 @@ def upsample_originals(fast: FastNet, net: nn.Module) -> dict[int, nn.Conv2d]:
     layers = list(net.layers)
     convs = [layers[i + 1] for i, l in enumerate(layers) if isinstance(l, nn.Upsample)]
     return {id(u): c for u, c in zip(ups, convs)}
+
+
+def available() -> bool:
+    """oneDNN's int8 convolutions are in this torch build (x86 CPUs; fast with AVX512-VNNI, AVX-VNNI or AMX-INT8)."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qconv2d_pointwise")
+
+
+def optimize_int8(model: "AutoencoderTiny", calibration: Sequence[torch.Tensor] | None,
+                  latents: Sequence[torch.Tensor] | None = None) -> "OptimizedAutoencoderTiny":
+    """`optimize(model, "int8", calibration=images)`: the CPU-optimized model (bf16 where the CPU has AVX512-BF16
+    or AMX, else fp32) with its convolutions rewritten to int8 by `quantize`.
+
+    calibration: real images (B, C, H, W) in [-1, 1] (a few photos of the kind you will encode; 256² crops are
+    enough); the decoder is calibrated on their latents from `model`'s own float32 encoder, or on `latents`
+    (raw latents) when given or when the model has no encoder.
+    """
+    from .runtime import optimize
+
+    if not available():
+        raise ValueError("int8 needs torch's oneDNN int8 convolutions (torch.ops.onednn.qconv2d_pointwise), "
+                         "missing in this torch build")
+    if model.device.type != "cpu":
+        raise ValueError(f"int8 runs on the CPU; this model is on {model.device}")
+    images = list(calibration or ())
+    if latents is None and model.decoder is not None and model.encoder is None:
+        raise ValueError("int8 for a decoder-only model needs calibration latents (latents=...)")
+    if not images and (model.encoder is not None or latents is None):
+        raise ValueError("int8 needs calibration images: optimize(model, 'int8', calibration=[images in [-1, 1]])")
+    fast = optimize(model, "bf16" if cpu_has_fast_bf16() else "fp32")
+    with torch.inference_mode():
+        if fast.encoder is not None:
+            quantize(fast.encoder, lambda: [fast.encode(x) for x in images])
+        if fast.decoder is not None:
+            zs = list(latents) if latents is not None else [model.encode(x).latents for x in images]
+            quantize(fast.decoder, lambda: [fast.decode(z) for z in zs], upsample_originals(fast.decoder, model.decoder))
+    fast.precision = "int8"
+    return fast

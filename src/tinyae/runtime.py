@@ -609,7 +609,8 @@ class OptimizedAutoencoderTiny(AutoencoderTiny):
 
 
 def optimize(model: AutoencoderTiny, precision: str = "auto", *, rewrite: bool = True, compile: bool = False,
-             cuda_graphs: bool = False) -> OptimizedAutoencoderTiny:
+             cuda_graphs: bool = False, calibration: Sequence[torch.Tensor] | None = None
+             ) -> OptimizedAutoencoderTiny:
     """A copy of `model` whose encode/decode run as fast as this device allows; `model` itself is unchanged.
 
     precision: "auto" (CPU: bfloat16 with AVX512-BF16/AMX, else float32; CUDA: float16), "fp32" (the eager
@@ -618,12 +619,17 @@ def optimize(model: AutoencoderTiny, precision: str = "auto", *, rewrite: bool =
     rewrite: compute nearest-2x-upsample + 3x3 conv as a 2x2 conv on the low-resolution input (same function).
     compile: wrap encoder and decoder in torch.compile (CUDA; on CPU the fused oneDNN path is already faster).
     cuda_graphs: with compile on CUDA, capture CUDA graphs (mode "reduce-overhead"); best for fixed shapes.
+    precision "int8" (CPU, `tinyae.quant`): int8 convolutions calibrated on `calibration` (real images in [-1, 1]).
     The result is inference-only (inputs that require grad raise ValueError) and tied to the model's device.
     """
     if not isinstance(model, AutoencoderTiny):
         raise ValueError(f"optimize expects a tinyae AutoencoderTiny, got {type(model).__name__}")
     if isinstance(model, OptimizedAutoencoderTiny):
         model = model.__dict__["_source"]
+    if precision == "int8":
+        from .quant import optimize_int8
+
+        return optimize_int8(model, calibration)
     if not isinstance(compile, bool) or not isinstance(cuda_graphs, bool) or not isinstance(rewrite, bool):
         raise ValueError("rewrite, compile and cuda_graphs must be bools")
     device = model.device
