@@ -17,12 +17,13 @@ Quality and speed: docs/performance.md ("what was tried for issue 16").
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Callable, Collection, Sequence
 
 import torch
 import torch.nn as nn
 
-from .runtime import _CL, FastBlock, FastConv, FastNet, FastUpsampleConv, cpu_has_fast_bf16, upsample_conv_weights
+from .runtime import _CL, FastBlock, FastConv, FastNet, FastStem, FastUpsampleConv, cpu_has_fast_bf16, upsample_conv_weights
 
 if TYPE_CHECKING:
     from .model import AutoencoderTiny
@@ -40,8 +41,13 @@ def _activation_params(r: Range) -> tuple[float, int]:
 
 def to_uint8(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
     """Quantize a float activation (channels_last kept)."""
-    q = x.float().div(scale).round_().add_(zero_point).clamp_(0, 255)
-    return q.to(torch.uint8).contiguous(memory_format=_CL)
+    if hasattr(torch, "quantize_per_tensor"):  # one pass; deprecated (quantized tensors), so also the fallback
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            q = torch.quantize_per_tensor(x.float(), scale, zero_point, torch.quint8).int_repr()
+    else:
+        q = x.float().div(scale).round_().add_(zero_point).clamp_(0, 255).to(torch.uint8)
+    return q.contiguous(memory_format=_CL)
 
 
 class QConv(FastConv):
@@ -231,8 +237,10 @@ def optimize_int8(model: "AutoencoderTiny", calibration: Sequence[torch.Tensor] 
         raise ValueError("int8 needs calibration images: optimize(model, 'int8', calibration=[images in [-1, 1]])")
     fast = optimize(model, "bf16" if cpu_has_fast_bf16() else "fp32")
     with torch.inference_mode():
-        if fast.encoder is not None:
-            quantize(fast.encoder, lambda: [fast.encode(x) for x in images])
+        if fast.encoder is not None:  # the op after the (float) input stem stays float: quantizing its full-size
+            # input would cost an extra pass over the largest activation
+            keep = {i + 1 for i, op in enumerate(fast.encoder.ops) if isinstance(op, FastStem)}
+            quantize(fast.encoder, lambda: [fast.encode(x) for x in images], keep=keep)
         if fast.decoder is not None:
             zs = list(latents) if latents is not None else [model.encode(x).latents for x in images]
             quantize(fast.decoder, lambda: [fast.decode(z) for z in zs], upsample_originals(fast.decoder, model.decoder))
