@@ -60,3 +60,17 @@ def test_int8_needs_calibration():
     decoder_only = AutoencoderTiny(**variant_config("taesd"), has_encoder=False).eval()
     with pytest.raises(ValueError, match="calibration latents"):
         runtime.optimize(decoder_only, "int8", calibration=[torch.zeros(1, 3, 64, 64)])
+
+
+def test_int8_row_band_streaming_is_exact():
+    """tinyae.fast_stream runs the int8 layers from their inherited geometry: the same result as the whole net."""
+    from tinyae import fast_stream
+
+    torch.manual_seed(1)
+    vae = AutoencoderTiny(**variant_config("taesd")).eval()
+    fast = runtime.optimize(vae, "int8", calibration=[torch.rand(1, 3, 64, 64) * 2 - 1])
+    cl = torch.channels_last
+    with torch.inference_mode():
+        for net, x in ((fast.encoder, torch.rand(1, 3, 96, 64)), (fast.decoder, torch.randn(1, 4, 12, 8))):
+            x = x.to(torch.bfloat16).contiguous(memory_format=cl)
+            assert torch.equal(fast_stream.tiled_apply(net, x, 16), net(x))

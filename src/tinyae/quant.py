@@ -1,6 +1,6 @@
 """int8 convolutions for `optimize()`d CPU networks (issue 16): oneDNN u8 x s8 kernels (AVX512-VNNI / AMX-INT8).
 
-`quantize(fast_net, calibration_inputs)` rewrites a `tinyae.runtime.FastNet` (built in bfloat16 or float32 for the
+`quantize(fast_net, calibrate)` rewrites a `tinyae.runtime.FastNet` (built in bfloat16 or float32 for the
 CPU) in place: every plain convolution, residual block (without the GroupNorm branch) and upsample convolution runs
 through `torch.ops.onednn.qconv2d_pointwise` with
 
@@ -10,7 +10,8 @@ through `torch.ops.onednn.qconv2d_pointwise` with
 - outputs requantized in the kernel straight to the next int8 layer's input scale (ReLU and the residual sum fused),
   so activations between int8 layers are 1 byte per value; float (the network's dtype) where a float layer follows.
 
-Layers left as they were: the GroupNorm blocks (lowest resolution, whole-image statistics) and `FastStem`.
+Layers left as they were: the GroupNorm blocks (lowest resolution, whole-image statistics) and `FastStem`
+(`optimize_int8` also keeps the op after it). `optimize(model, "int8", calibration=images)` calls `optimize_int8`.
 The layer kinds subclass the float ones, so their row geometry (and `optimize`'s strips) carries over.
 Quality and speed: docs/performance.md ("what was tried for issue 16").
 """
@@ -23,7 +24,8 @@ from typing import TYPE_CHECKING, Callable, Collection, Sequence
 import torch
 import torch.nn as nn
 
-from .runtime import _CL, FastBlock, FastConv, FastNet, FastStem, FastUpsampleConv, cpu_has_fast_bf16, upsample_conv_weights
+from .runtime import (_CL, FastBlock, FastConv, FastNet, FastStem, FastUpsampleConv, cpu_has_fast_bf16,
+                      upsample_conv_weights)
 
 if TYPE_CHECKING:
     from .model import AutoencoderTiny
@@ -79,8 +81,8 @@ class QConv(FastConv):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, overwrite: bool = False,
                 residual_q: tuple[float, int] | None = None) -> torch.Tensor:
-        """`residual`: uint8 at `residual_q` (scale, zero point) when the output is uint8 , else float; the kernel writes the
-        result into it, so without `overwrite` it is copied first."""
+        """`residual`: uint8 at `residual_q` (scale, zero point) when the output is uint8, else float. The kernel
+        writes the result into the residual's memory, so without `overwrite` it is copied first."""
         x = self.quantized_input(x)
         p, s = [self.padding] * 2, [self.stride] * 2
         w = self.packed_weight(x)
@@ -243,6 +245,7 @@ def optimize_int8(model: "AutoencoderTiny", calibration: Sequence[torch.Tensor] 
             quantize(fast.encoder, lambda: [fast.encode(x) for x in images], keep=keep)
         if fast.decoder is not None:
             zs = list(latents) if latents is not None else [model.encode(x).latents for x in images]
-            quantize(fast.decoder, lambda: [fast.decode(z) for z in zs], upsample_originals(fast.decoder, model.decoder))
+            originals = upsample_originals(fast.decoder, model.decoder)
+            quantize(fast.decoder, lambda: [fast.decode(z) for z in zs], originals)
     fast.precision = "int8"
     return fast
