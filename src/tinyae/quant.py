@@ -41,7 +41,7 @@ def _activation_params(r: Range) -> tuple[float, int]:
     return scale, int(round(-lo / scale))
 
 
-def to_uint8(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
+def quantize_activation(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
     """Quantize a float activation (channels_last kept)."""
     if hasattr(torch, "quantize_per_tensor"):  # one pass; deprecated (quantized tensors), so also the fallback
         with warnings.catch_warnings():
@@ -77,7 +77,7 @@ class QConv(FastConv):
             w, self.w_scale, self.x_scale, self.x_zp, s, p, [1, 1], 1, shape))
 
     def quantized_input(self, x: torch.Tensor) -> torch.Tensor:
-        return x if x.dtype == torch.uint8 else to_uint8(x, self.x_scale, self.x_zp)
+        return x if x.dtype == torch.uint8 else quantize_activation(x, self.x_scale, self.x_zp)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, overwrite: bool = False,
                 residual_q: tuple[float, int] | None = None) -> torch.Tensor:
@@ -211,6 +211,22 @@ def upsample_originals(fast: FastNet, net: nn.Module) -> dict[int, nn.Conv2d]:
     return {id(u): c for u, c in zip(ups, convs)}
 
 
+def float_ops(net: FastNet) -> set[int]:
+    """Indices of the ops `optimize_int8` keeps in floating point: the lowest-resolution level (the decoder's ops
+    before its first upsampling, the encoder's after its last stride-2 conv: 1/64 of the work at most, and the
+    layers int8 hurts most, see docs/performance.md), an encoder's stem (the convs before its first block, which
+    read the image; taesana's strided stem), and the op after a float `FastStem` (quantizing the full-size stem
+    output would cost an extra pass over the largest activation)."""
+    ops = list(net.ops)
+    keep = {i + 1 for i, op in enumerate(ops) if isinstance(op, FastStem)}
+    if net.clamp:  # decoder
+        first_up = next((i for i, op in enumerate(ops) if isinstance(op, FastUpsampleConv)), len(ops))
+        return keep | set(range(first_up))
+    first_block = next((i for i, op in enumerate(ops) if isinstance(op, (FastBlock, FastStem))), 0)
+    down = [i for i, op in enumerate(ops) if isinstance(op, FastConv) and op.stride > 1]
+    return keep | set(range(first_block)) | (set(range(down[-1] + 1, len(ops))) if down else set())
+
+
 def available() -> bool:
     """oneDNN's int8 convolutions are in this torch build (x86 CPUs; fast with AVX512-VNNI, AVX-VNNI or AMX-INT8)."""
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qconv2d_pointwise")
@@ -239,13 +255,11 @@ def optimize_int8(model: "AutoencoderTiny", calibration: Sequence[torch.Tensor] 
         raise ValueError("int8 needs calibration images: optimize(model, 'int8', calibration=[images in [-1, 1]])")
     fast = optimize(model, "bf16" if cpu_has_fast_bf16() else "fp32")
     with torch.inference_mode():
-        if fast.encoder is not None:  # the op after the (float) input stem stays float: quantizing its full-size
-            # input would cost an extra pass over the largest activation
-            keep = {i + 1 for i, op in enumerate(fast.encoder.ops) if isinstance(op, FastStem)}
-            quantize(fast.encoder, lambda: [fast.encode(x) for x in images], keep=keep)
+        if fast.encoder is not None:
+            quantize(fast.encoder, lambda: [fast.encode(x) for x in images], keep=float_ops(fast.encoder))
         if fast.decoder is not None:
             zs = list(latents) if latents is not None else [model.encode(x).latents for x in images]
             originals = upsample_originals(fast.decoder, model.decoder)
-            quantize(fast.decoder, lambda: [fast.decode(z) for z in zs], originals)
+            quantize(fast.decoder, lambda: [fast.decode(z) for z in zs], originals, keep=float_ops(fast.decoder))
     fast.precision = "int8"
     return fast
