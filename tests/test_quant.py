@@ -74,3 +74,20 @@ def test_int8_row_band_streaming_is_exact():
         for net, x in ((fast.encoder, torch.rand(1, 3, 96, 64)), (fast.decoder, torch.randn(1, 4, 12, 8))):
             x = x.to(torch.bfloat16).contiguous(memory_format=cl)
             assert torch.equal(fast_stream.tiled_apply(net, x, 16), net(x))
+
+
+def test_mixed_precision_float_op_between_int8_ops():
+    """An op left float (here the upsample convs, without their original 3x3 convs) gets float from the int8 op
+    before it and hands float to the int8 op after it."""
+    from tinyae.quant import quantize
+    from tinyae.runtime import FastUpsampleConv
+
+    torch.manual_seed(2)
+    vae = AutoencoderTiny(**variant_config("taesd")).eval()
+    fast, z = runtime.optimize(vae, "bf16"), torch.randn(1, 4, 8, 8)
+    with torch.inference_mode():
+        want = fast.decode(z).sample
+        quantize(fast.decoder, lambda: fast.decode(z))
+        kinds = [type(op) for op in fast.decoder.ops]
+        assert FastUpsampleConv in kinds and QBlock in kinds
+        assert psnr(fast.decode(z).sample, want) >= 30

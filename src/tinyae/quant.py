@@ -190,6 +190,7 @@ def quantize(net: FastNet, calibrate: Callable[[], object], originals: dict[int,
             ops[i] = QBlock(op, ranges, out, dtype)
         elif isinstance(op, FastUpsampleConv):
             if originals is None or id(op) not in originals:
+                q_in[i] = None  # stays float: the int8 op before it must emit float
                 continue
             ops[i] = QUpsampleConv(op, originals[id(op)], r, out, dtype)
         else:
