@@ -209,7 +209,7 @@ def test_kept_segment_buffers_never_leak_into_results(astronaut):
 
 def test_errors_are_clear(taef2, astronaut):
     with pytest.raises(ValueError, match="precision must be one of"):
-        optimize(taef2, "int8")
+        optimize(taef2, "int4")  # "int8" is a mode now (tinyae.quant, needs calibration=)
     with pytest.raises(ValueError, match="cuda_graphs"):
         optimize(taef2, "fp32", cuda_graphs=True)
     with pytest.raises(ValueError, match="AutoencoderTiny"):

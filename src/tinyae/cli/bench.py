@@ -92,6 +92,7 @@ def run_bench(model: AutoencoderTiny, sizes: Sequence[int], repeats: int, warmup
     timed call follows an untimed call of the same operation (warm caches and allocator, as in steady use), or
     with `cold` follows the other contestants' calls directly."""
     from ..engine.backends import load_backend
+    from ..engine import quant
     from ..engine.optimize import optimize
 
     dev = torch.device(device)
@@ -103,8 +104,10 @@ def run_bench(model: AutoencoderTiny, sizes: Sequence[int], repeats: int, warmup
     all_names = (["diffusers fp16", "tinyae fp16 eager", "tinyae optimized fp16", "tinyae optimized fp16 + compile"]
                  if cuda else
                  ["diffusers fp32", "tinyae fp32", "tinyae optimized fp32", "tinyae optimized", "onnxruntime fp32",
-                  *(["openvino fp32", "openvino bf16"] if _has("openvino") else [])])
-    names = list(contestants) if contestants else all_names
+                  *(["openvino fp32", "openvino bf16"] if _has("openvino") else []),
+                  *(["tinyae optimized int8"] if quant.available() else [])])
+    # int8 (needs calibration images, see tinyae.engine.quant) only when asked for: --only ... "tinyae optimized int8"
+    names = list(contestants) if contestants else [n for n in all_names if n != "tinyae optimized int8"]
     unknown = [n for n in names if n not in all_names]
     if unknown:
         raise ValueError(f"unknown contestants {unknown}; choose from {all_names}")
@@ -115,6 +118,9 @@ def run_bench(model: AutoencoderTiny, sizes: Sequence[int], repeats: int, warmup
         "tinyae fp32": lambda: net,
         "tinyae optimized fp32": lambda: optimize(net, "fp32"),
         "tinyae optimized": lambda: optimize(net, "auto"),
+        # int8 calibrated on a 256² crop of the benchmark photo itself (its PSNR is not a held-out figure; the
+        # held-out gate is tests/test_quant.py)
+        "tinyae optimized int8": lambda: optimize(net, "int8", calibration=[images[:1, :, :256, :256].float()]),
         "onnxruntime fp32": lambda: load_backend(net, "onnxruntime", threads=torch.get_num_threads()),
         "openvino fp32": lambda: load_backend(net, "openvino", precision="fp32", threads=torch.get_num_threads()),
         "openvino bf16": lambda: load_backend(net, "openvino", precision="bf16", threads=torch.get_num_threads()),

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import copy
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -64,7 +64,7 @@ class OptimizedAutoencoderTinyBase(Optimized, AutoencoderTinyBase):
 
 
 def optimize(model: AutoencoderTinyBase, precision: str = "auto", *, rewrite: bool = True, compile: bool = False,
-             cuda_graphs: bool = False) -> Optimized:
+             cuda_graphs: bool = False, calibration: Sequence[torch.Tensor] | None = None) -> Optimized:
     """A copy of `model` whose encode/decode run as fast as this device allows; `model` itself is unchanged.
 
     precision: "auto" (CPU: bfloat16 with AVX512-BF16/AMX, else float32; CUDA: float16), "fp32" (the eager
@@ -73,6 +73,8 @@ def optimize(model: AutoencoderTinyBase, precision: str = "auto", *, rewrite: bo
     rewrite: compute nearest-2x-upsample + 3x3 conv as a 2x2 conv on the low-resolution input (same function).
     compile: wrap encoder and decoder in torch.compile (CUDA; on CPU the fused oneDNN path is already faster).
     cuda_graphs: with compile on CUDA, capture CUDA graphs (mode "reduce-overhead"); best for fixed shapes.
+    precision "int8" (CPU, `tinyae.engine.quant`): int8 convolutions calibrated on `calibration` (real images in
+      [-1, 1], a few 256² crops of the kind you will encode); not part of "auto" (see docs/performance.md).
     The result is inference-only (inputs that require grad raise ValueError) and tied to the model's device. Its
     class is the model class's `optimized_class` (tinyae.AutoencoderTiny: OptimizedAutoencoderTiny, a subclass).
     """
@@ -80,6 +82,10 @@ def optimize(model: AutoencoderTinyBase, precision: str = "auto", *, rewrite: bo
         raise ValueError(f"optimize expects a tinyae AutoencoderTiny, got {type(model).__name__}")
     if isinstance(model, Optimized):
         model = model.__dict__["_source"]
+    if precision == "int8":
+        from .quant import optimize_int8
+
+        return optimize_int8(model, calibration)
     if not isinstance(compile, bool) or not isinstance(cuda_graphs, bool) or not isinstance(rewrite, bool):
         raise ValueError("rewrite, compile and cuda_graphs must be bools")
     device = model.device

@@ -1,0 +1,94 @@
+"""optimize("int8") (tinyae.quant): the quality gate on real TAEF2 weights and held-out photos (>= 40 dB against
+fp32 for decode, and for encode through the fp32 decoder), striped == unstriped, and errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import IMAGES, PHOTOS, load_photo, psnr
+from tinyae import AutoencoderTiny, runtime
+from tinyae.engine import quant
+from tinyae.engine.quant import QBlock, QConv, QUpsampleConv
+from tinyae.nets.variants import variant_config
+
+pytestmark = pytest.mark.skipif(not (quant.available() and runtime.cpu_has_fast_bf16()),
+                                reason="int8 is offered on x86 CPUs with oneDNN int8 kernels")
+
+CALIBRATION = sorted((IMAGES / "train").glob("*.png"))  # calibrate on these; the gate runs on PHOTOS (held out)
+
+
+def _crop(x: torch.Tensor, side: int = 256) -> torch.Tensor:
+    return x[..., :side, :side]
+
+
+@pytest.fixture(scope="module")
+def int8_taef2(taef2):
+    return runtime.optimize(taef2, "int8", calibration=[_crop(load_photo(p)) for p in CALIBRATION])
+
+
+def test_int8_quality_gate_on_held_out_photos(taef2, int8_taef2):
+    kinds = [type(op) for op in int8_taef2.decoder.ops] + [type(op) for op in int8_taef2.encoder.ops]
+    assert QBlock in kinds and QConv in kinds and QUpsampleConv in kinds
+    assert int8_taef2.precision == "int8"
+    with torch.inference_mode():
+        for path in PHOTOS:
+            x = load_photo(path)
+            z = taef2.encode(x).latents
+            ref = taef2.decode(z).sample
+            assert psnr(int8_taef2.decode(z).sample, ref) >= 40, path.name
+            assert psnr(taef2.decode(int8_taef2.encode(x).latents).sample, ref) >= 40, path.name
+
+
+def test_int8_strips_equal_whole(monkeypatch):
+    torch.manual_seed(0)
+    vae = AutoencoderTiny(**variant_config("taesd")).eval()
+    images = [torch.rand(1, 3, 64, 64) * 2 - 1]
+    fast = runtime.optimize(vae, "int8", calibration=images)
+    x = torch.rand(1, 3, 96, 64) * 2 - 1
+    with torch.inference_mode():
+        z = fast.encode(x).latents
+        whole = fast.decode(z).sample, z
+        monkeypatch.setattr(runtime, "STRIP_BYTES", 1 << 14)  # strips of a few rows
+        assert torch.equal(fast.encode(x).latents, whole[1])
+        assert torch.equal(fast.decode(z).sample, whole[0])
+
+
+def test_int8_needs_calibration():
+    vae = AutoencoderTiny(**variant_config("taesd")).eval()
+    with pytest.raises(ValueError, match="calibration images"):
+        runtime.optimize(vae, "int8")
+    decoder_only = AutoencoderTiny(**variant_config("taesd"), has_encoder=False).eval()
+    with pytest.raises(ValueError, match="calibration latents"):
+        runtime.optimize(decoder_only, "int8", calibration=[torch.zeros(1, 3, 64, 64)])
+
+
+def test_int8_row_band_streaming_is_exact():
+    """tinyae.fast_stream runs the int8 layers from their inherited geometry: the same result as the whole net."""
+    from tinyae.engine import fast_stream
+
+    torch.manual_seed(1)
+    vae = AutoencoderTiny(**variant_config("taesd")).eval()
+    fast = runtime.optimize(vae, "int8", calibration=[torch.rand(1, 3, 64, 64) * 2 - 1])
+    cl = torch.channels_last
+    with torch.inference_mode():
+        for net, x in ((fast.encoder, torch.rand(1, 3, 96, 64)), (fast.decoder, torch.randn(1, 4, 12, 8))):
+            x = x.to(torch.bfloat16).contiguous(memory_format=cl)
+            assert torch.equal(fast_stream.tiled_apply(net, x, 16), net(x))
+
+
+def test_mixed_precision_float_op_between_int8_ops():
+    """An op left float (here the upsample convs, without their original 3x3 convs) gets float from the int8 op
+    before it and hands float to the int8 op after it."""
+    from tinyae.engine.quant import quantize
+    from tinyae.engine.kernels import FastUpsampleConv
+
+    torch.manual_seed(2)
+    vae = AutoencoderTiny(**variant_config("taesd")).eval()
+    fast, z = runtime.optimize(vae, "bf16"), torch.randn(1, 4, 8, 8)
+    with torch.inference_mode():
+        want = fast.decode(z).sample
+        quantize(fast.decoder, lambda: fast.decode(z))
+        kinds = [type(op) for op in fast.decoder.ops]
+        assert FastUpsampleConv in kinds and QBlock in kinds
+        assert psnr(fast.decode(z).sample, want) >= 30
