@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tinyae import load_latents
+from tinyae import AutoencoderTiny, load_latents
 from tinyae.data.metrics import psnr
 from tinyae.autoencoder import OptimizedAutoencoderTiny
 from tinyae.engine.precision import explain_precision
@@ -18,6 +18,11 @@ from conftest import IMAGES, TAEF2
 from test_cli import run_cli
 
 MODEL = f"{TAEF2[0]},{TAEF2[1]}"
+
+
+def _auto(device: str) -> tuple[str, str]:
+    """What --precision auto is for MODEL's weights on `device` (int8 where they have a shipped calibration)."""
+    return explain_precision(device, AutoencoderTiny.from_pretrained(TAEF2))
 
 
 def _photo(tmp_path, name="p.png", size=128):
@@ -30,7 +35,7 @@ def test_default_precision_is_auto_recorded_and_close_to_exact(tmp_path):
     src = _photo(tmp_path)
     auto = run_cli("encode", str(src), "-o", str(tmp_path / "auto"), "--model", MODEL, "--json")
     assert auto.returncode == 0, auto.stderr
-    want = explain_precision("cpu")[0]
+    want = _auto("cpu")[0]
     assert json.loads(auto.stdout)["precision"] == want
     assert load_latents(tmp_path / "auto" / "p.safetensors").metadata["precision"] == want
     exact = run_cli("encode", str(src), "-o", str(tmp_path / "exact"), "--model", MODEL, "--precision", "exact",
@@ -52,7 +57,7 @@ def test_stream_and_tile_run_on_the_optimized_model(tmp_path):
         r = run_cli("roundtrip", str(src), "-o", str(tmp_path / out), "--model", MODEL, "--json", *flags)
         assert r.returncode == 0, r.stderr
         doc = json.loads(r.stdout)
-        assert doc["precision"] == explain_precision("cpu")[0]
+        assert doc["precision"] == _auto("cpu")[0]
     r = run_cli("encode", str(src), "-o", str(tmp_path / "z"), "--model", MODEL, "--stream")
     assert r.returncode == 0, r.stderr
     r = run_cli("decode", str(tmp_path / "z"), "-o", str(tmp_path / "d"), "--model", MODEL, "--stream")
@@ -70,7 +75,7 @@ def test_info_says_what_auto_resolves_to():
     r = run_cli("info", MODEL, "--json")
     assert r.returncode == 0, r.stderr
     cpu = json.loads(r.stdout)["auto_precision"][0]
-    assert cpu["device"] == "cpu" and (cpu["precision"], cpu["why"]) == explain_precision("cpu")
+    assert cpu["device"] == "cpu" and (cpu["precision"], cpu["why"]) == _auto("cpu")
     text = run_cli("info", MODEL).stdout
     assert f"--precision auto {cpu['precision']} on cpu" in text
 

@@ -8,7 +8,7 @@ import torch
 
 from conftest import IMAGES, PHOTOS, load_photo, psnr
 from tinyae import AutoencoderTiny, runtime
-from tinyae.engine import quant
+from tinyae.engine import calibration, quant
 from tinyae.engine.quant import QBlock, QConv, QUpsampleConv
 from tinyae.nets.variants import variant_config
 
@@ -92,3 +92,50 @@ def test_mixed_precision_float_op_between_int8_ops():
         kinds = [type(op) for op in fast.decoder.ops]
         assert FastUpsampleConv in kinds and QBlock in kinds
         assert psnr(fast.decode(z).sample, want) >= 30
+
+
+# ---------------------------------------------------------------------------------------------- "auto" picks int8
+def test_auto_is_int8_for_calibrated_weights_and_keeps_the_gate(taef2):
+    """"auto" runs int8 exactly for the weights with a shipped calibration (the real TAEF2 encoder and decoder), on
+    CPUs with int8 dot products, and keeps the >= 40 dB gate on the held-out photos (never calibrated on)."""
+    fast = runtime.optimize(taef2, "auto")
+    if not calibration.int8_in_hardware():
+        assert fast.precision == "bf16"
+        return
+    assert fast.precision == "int8"
+    assert any(isinstance(op, QBlock) for op in fast.decoder.ops) and any(isinstance(op, QBlock) for op in fast.encoder.ops)
+    with torch.inference_mode():
+        for path in PHOTOS:
+            x = load_photo(path)
+            z = taef2.encode(x).latents
+            ref = taef2.decode(z).sample
+            assert psnr(fast.decode(z).sample, ref) >= 40, path.name
+            assert psnr(taef2.decode(fast.encode(x).latents).sample, ref) >= 40, path.name
+
+
+def test_auto_keeps_unknown_weights_in_float():
+    torch.manual_seed(0)
+    vae = AutoencoderTiny(**variant_config("taesd")).eval()
+    fast = runtime.optimize(vae, "auto")
+    assert fast.precision == "bf16"
+    assert not any(isinstance(m, (QConv, QBlock, QUpsampleConv)) for m in fast.modules())
+
+
+def test_auto_with_one_calibrated_part_names_each_part(taef2):
+    if not calibration.int8_in_hardware():
+        return
+    torch.manual_seed(0)
+    other = AutoencoderTiny(**taef2.config.init_kwargs()).eval()
+    other.decoder.load_state_dict(taef2.decoder.state_dict())  # released decoder, unknown encoder
+    assert runtime.optimize(other, "auto").precision == "encoder bf16, decoder int8"
+
+
+def test_shipped_calibration_is_what_the_photos_give(taef2):
+    """int8_calibration.json (written by benchmarks/int8_calibrate.py) holds what a fresh calibration records."""
+    fresh = calibration.calibrate(taef2, [_crop(load_photo(p)) for p in CALIBRATION])
+    for part, ranges in fresh.items():
+        entry = calibration.known(getattr(taef2, part))
+        assert entry is not None and entry["part"] == part and entry["variant"] == "taef2"
+        assert entry["calibrated_on"] == [p.name for p in CALIBRATION]
+        assert min(entry["held_out_psnr_db"].values()) >= 40
+        assert torch.allclose(torch.tensor(entry["ranges"]), torch.tensor(ranges), rtol=1e-2, atol=1e-3)

@@ -63,7 +63,7 @@ def cmd_info(args: argparse.Namespace) -> int:
            "dtype": _source_dtype(source), "diffusers_compatible": model.config.diffusers_compatible,
            "files": [{"path": p, "part": part, "bytes": os.path.getsize(p), "sha256": sha256_file(p),
                       "known_as": identify(p)} for p, part in files],
-           "formats": formats, "auto_precision": _auto_precision(),
+           "formats": formats, "auto_precision": _auto_precision(model),
            "config_from": _config_origin(source, files),
            "not_checked_against_tensors": {k: model.config[k] for k in UNCHECKED_BY_TENSORS}}
     rep.emit(doc)
@@ -86,14 +86,14 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _auto_precision() -> list[dict[str, str]]:
-    """What --precision auto resolves to on each device of this machine, and why."""
+def _auto_precision(model: Any = None) -> list[dict[str, str]]:
+    """What --precision auto resolves to on each device of this machine (for `model`'s weights), and why."""
     import torch
 
     from ..engine.precision import explain_precision
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    return [dict(zip(("device", "precision", "why"), (d, *explain_precision(d)))) for d in devices]
+    return [dict(zip(("device", "precision", "why"), (d, *explain_precision(d, model)))) for d in devices]
 
 
 def _config_origin(source: Any, files: list[tuple[str, str | None]]) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 
@@ -55,8 +57,9 @@ def resolve_precision(precision: str, device: torch.device | str) -> torch.dtype
     return dtype
 
 
-def explain_precision(device: torch.device | str = "cpu") -> tuple[str, str]:
-    """(what precision="auto" resolves to on `device`, why), e.g. ("bf16", "CPU with avx512_bf16")."""
+def explain_precision(device: torch.device | str = "cpu", model: Any = None) -> tuple[str, str]:
+    """(what precision="auto" resolves to on `device`, why), e.g. ("bf16", "CPU with avx512_bf16"). With `model`
+    (an AutoencoderTiny), for its weights: "int8" where they have a shipped, gated int8 calibration."""
     kind = torch.device(device).type
     if kind == "cuda":
         return "fp16", f"CUDA device {torch.cuda.get_device_name(torch.device(device))}"
@@ -64,7 +67,21 @@ def explain_precision(device: torch.device | str = "cpu") -> tuple[str, str]:
         return "exact", f"optimize() supports CPU and CUDA, not {kind}"
     fast = sorted(cpu_flags() & {"avx512_bf16", "amx_bf16"})
     if fast and torch.backends.mkldnn.is_available():
-        return "bf16", f"CPU with {' and '.join(fast)} (bfloat16 in hardware; >= 40 dB against fp32 on real photos)"
+        why = f"CPU with {' and '.join(fast)} (bfloat16 in hardware; >= 40 dB against fp32 on real photos)"
+        from .calibration import INT8_FLAGS, int8_in_hardware, known, shipped
+
+        if int8_in_hardware() and shipped():
+            flags = " and ".join(sorted(cpu_flags() & INT8_FLAGS))
+            if model is None:
+                names = sorted({f"{e['variant']} {e['part']}" for e in shipped().values()})
+                return "bf16", why + f"; int8 with {flags} for the weights calibrated and gated >= 40 dB ({', '.join(names)})"
+            parts = [p for p in ("encoder", "decoder") if getattr(model, p, None) is not None]
+            int8 = [p for p in parts if known(getattr(model, p)) is not None]
+            if int8:
+                what = "int8" if int8 == parts else ", ".join(f"{p} {'int8' if p in int8 else 'bf16'}" for p in parts)
+                return what, (f"CPU with {flags} (int8 in hardware) and {', '.join(int8)} weights with a shipped int8 "
+                              "calibration, >= 40 dB against fp32 on held-out photos")
+        return "bf16", why
     return "fp32", "CPU without AVX512-BF16 or AMX (bfloat16 would be emulated and slower)"
 
 

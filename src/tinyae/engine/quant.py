@@ -162,6 +162,24 @@ def _ranges(net: FastNet, calibrate: Callable[[], object]) -> dict[int, Range]:
     return seen
 
 
+def _calibrated(net: FastNet) -> list[nn.Module]:
+    """The modules whose input ranges `_ranges` records, in a fixed order (the network's module order)."""
+    return [m for m in net.modules() if isinstance(m, (FastConv, FastUpsampleConv, FastBlock))]
+
+
+def range_list(net: FastNet, ranges: dict[int, Range]) -> list[Range]:
+    """`_ranges`' result as a list in `_calibrated` order (what a calibration file stores)."""
+    return [ranges[id(m)] for m in _calibrated(net) if id(m) in ranges]
+
+
+def stored_ranges(net: FastNet, stored: Sequence[Sequence[float]]) -> dict[int, Range] | None:
+    """A calibration file's list of ranges mapped onto `net`'s modules; None when the network does not match."""
+    modules = _calibrated(net)
+    if len(modules) != len(stored):
+        return None
+    return {id(m): (float(r[0]), float(r[1])) for m, r in zip(modules, stored)}
+
+
 def _input_range(op: nn.Module, ranges: dict[int, Range]) -> Range | None:
     if isinstance(op, FastBlock):
         return ranges.get(id(op.conv1)) if op.pool is None and op.skip is None and op.relu_inside else None
@@ -170,15 +188,17 @@ def _input_range(op: nn.Module, ranges: dict[int, Range]) -> Range | None:
     return None
 
 
-def quantize(net: FastNet, calibrate: Callable[[], object], originals: dict[int, nn.Conv2d] | None = None,
-             keep: Collection[int] = ()) -> FastNet:
+def quantize(net: FastNet, calibrate: Callable[[], object] | None, originals: dict[int, nn.Conv2d] | None = None,
+             keep: Collection[int] = (), ranges: dict[int, Range] | None = None) -> FastNet:
     """Rewrite `net`'s convolutions, blocks and upsample convolutions to int8 in place (see the module docstring).
     calibrate: runs the (float) network on real inputs, e.g. `lambda: [fast.decode(z) for z in latents]`.
     originals: {id(FastUpsampleConv): the original 3x3 conv}, needed to quantize upsample convolutions.
-    keep: indices into `net.ops` left in floating point (mixed precision)."""
+    keep: indices into `net.ops` left in floating point (mixed precision).
+    ranges: activation ranges recorded before (`stored_ranges`) instead of running `calibrate`."""
     if not net.fused:
         raise ValueError("int8 needs a network optimized for the CPU with oneDNN")
-    ranges = _ranges(net, calibrate)
+    if ranges is None:
+        ranges = _ranges(net, calibrate)
     ops = list(net.ops)
     dtype = next(p.dtype for p in net.parameters() if p.is_floating_point())
     q_in = [None if i in keep else _input_range(op, ranges) for i, op in enumerate(ops)]
