@@ -438,3 +438,16 @@ def test_latent_batches_stack_rows_of_one_shape(reference):
     assert all(len(b["rows"]) == 3 for b in full)
     loader = torch.utils.data.DataLoader(rows.batches(3), batch_size=None, num_workers=2)
     assert sorted(r["key"] for b in loader for r in b["rows"]) == sorted(keys)
+
+
+def test_a_ray_worker_resolves_the_jobs_precision_as_the_job_did(tmp_path, taef2):
+    """The job records what "auto" resolved to (int8 for the released TAEF2 on CPUs with int8 dot products, bf16
+    elsewhere); a Ray worker (built here without Ray) must ask for "auto" again and land on the same precision."""
+    from tinyae.dataset.manifest import JobSpec
+    from tinyae.dataset.ray_runner import _ShardEncoder
+
+    job = Encoder(taef2, "auto", True)
+    pre = Preprocess("center", 64)
+    spec = JobSpec("taef2", job.sha256, job.precision, pre.to_dict(), pre.fingerprint())
+    worker = _ShardEncoder(str(tmp_path), None, spec, pre, taef2, True, 8, 1)
+    assert worker.encoder.precision == job.precision

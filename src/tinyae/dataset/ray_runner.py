@@ -87,7 +87,10 @@ class _ShardEncoder:
         from .encode import Encoder
 
         torch.set_num_threads(threads)
-        self.encoder = Encoder(model, spec.precision if optimize else "auto", optimize)
+        # the job records what its precision resolved to; "int8" is what "auto" picks for calibrated weights
+        # (tinyae.engine.calibration), so a worker asks for "auto" there and must resolve to the same
+        requested = spec.precision if optimize and spec.precision in ("fp32", "bf16", "fp16") else "auto"
+        self.encoder = Encoder(model, requested, optimize)
         if (self.encoder.sha256, self.encoder.precision) != (spec.model_sha256, spec.precision):
             raise RuntimeError(f"this Ray worker encodes with precision {self.encoder.precision} (model sha "
                                f"{self.encoder.sha256[:12]}), the job with {spec.precision} "
