@@ -22,6 +22,17 @@ def _crop(x: torch.Tensor, side: int = 256) -> torch.Tensor:
     return x[..., :side, :side]
 
 
+def assert_gate(fast, taef2) -> None:
+    """>= 40 dB against fp32 on every held-out photo: decode (eager latents in), encode (through the fp32 decoder)."""
+    with torch.inference_mode():
+        for path in PHOTOS:
+            x = load_photo(path)
+            z = taef2.encode(x).latents
+            ref = taef2.decode(z).sample
+            assert psnr(fast.decode(z).sample, ref) >= 40, path.name
+            assert psnr(taef2.decode(fast.encode(x).latents).sample, ref) >= 40, path.name
+
+
 @pytest.fixture(scope="module")
 def int8_taef2(taef2):
     return runtime.optimize(taef2, "int8", calibration=[_crop(load_photo(p)) for p in CALIBRATION])
@@ -31,13 +42,7 @@ def test_int8_quality_gate_on_held_out_photos(taef2, int8_taef2):
     kinds = [type(op) for op in int8_taef2.decoder.ops] + [type(op) for op in int8_taef2.encoder.ops]
     assert QBlock in kinds and QConv in kinds and QUpsampleConv in kinds
     assert int8_taef2.precision == "int8"
-    with torch.inference_mode():
-        for path in PHOTOS:
-            x = load_photo(path)
-            z = taef2.encode(x).latents
-            ref = taef2.decode(z).sample
-            assert psnr(int8_taef2.decode(z).sample, ref) >= 40, path.name
-            assert psnr(taef2.decode(int8_taef2.encode(x).latents).sample, ref) >= 40, path.name
+    assert_gate(int8_taef2, taef2)
 
 
 def test_int8_strips_equal_whole(monkeypatch):
@@ -104,13 +109,7 @@ def test_auto_is_int8_for_calibrated_weights_and_keeps_the_gate(taef2):
         return
     assert fast.precision == "int8"
     assert any(isinstance(op, QBlock) for op in fast.decoder.ops) and any(isinstance(op, QBlock) for op in fast.encoder.ops)
-    with torch.inference_mode():
-        for path in PHOTOS:
-            x = load_photo(path)
-            z = taef2.encode(x).latents
-            ref = taef2.decode(z).sample
-            assert psnr(fast.decode(z).sample, ref) >= 40, path.name
-            assert psnr(taef2.decode(fast.encode(x).latents).sample, ref) >= 40, path.name
+    assert_gate(fast, taef2)
 
 
 def test_auto_keeps_unknown_weights_in_float():

@@ -20,17 +20,10 @@ from .nets.model import AutoencoderTinyBase, AutoencoderTinyOutput, DecoderOutpu
 
 
 class AutoencoderTiny(AutoencoderTinyBase):
-    """Tiny AutoEncoder (TAESD family), a drop-in for `diffusers.AutoencoderTiny`.
-
-    Images are float tensors (B, 3, H, W) in [-1, 1]; latents are the diffusion model's latents as its denoiser
-    sees them (scaling_factor 1.0). As in diffusers, any H and W encode (to ceil-sized latents: 60x60 -> 8x8 at 8x)
-    and batch 0 gives an empty output; `tinyae.encode_images` pads other sizes by reflection and crops back (the
-    decoded image is then the source's size). Inputs of another floating dtype than the model are cast to the
-    model's dtype, and outputs are returned in the input's dtype.
-
-    Parameters after `shift_factor` are tinyae's own (see `tinyae.config`): `use_midblock_gn` (taef2) and
-    `encoder_stem_channels` (taesana's 32x encoder), `patch_size` (2: taeqi2_1's F16 networks). in_channels =
-    out_channels are the image channels: 3 (RGB) or 4 (RGBA, straight alpha; taeqi2_1).
+    """Tiny AutoEncoder (TAESD family), a drop-in for `diffusers.AutoencoderTiny`: the network of
+    `tinyae.nets.model.AutoencoderTinyBase` (its docstring has the conventions: images (B, C, H, W) in [-1, 1],
+    latents as the denoiser sees them, dtypes, tinyae's own parameters) plus loading and saving (`tinyae.io`),
+    `enable_tiling` and `optimize()` (`tinyae.engine`).
     """
 
     # ------------------------------------------------------------------ tiling (tinyae.engine.tiling)
