@@ -63,7 +63,19 @@ def all_finite(x: torch.Tensor) -> bool:
     return bool(torch.isfinite(total)) or bool(torch.isfinite(x).all())
 
 
-class AutoencoderTinyBase(nn.Module):
+class ParameterFacts:
+    """`dtype` and `device` of a module, read from its parameters (the image and video models share them)."""
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype  # type: ignore[attr-defined]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device  # type: ignore[attr-defined]
+
+
+class AutoencoderTinyBase(ParameterFacts, nn.Module):
     """Tiny AutoEncoder (TAESD family), the network: what `tinyae.AutoencoderTiny` computes, without the loaders
     and executors (the public class adds tiling, optimize(), from_pretrained/save_pretrained).
 
@@ -124,14 +136,6 @@ class AutoencoderTinyBase(nn.Module):
     def config(self) -> TinyConfig:
         """Read-only configuration; `config.block_out_channels` is what pipelines read for vae_scale_factor."""
         return self._config
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
 
     @property
     def spatial_scale_factor(self) -> int:

@@ -15,13 +15,14 @@ import torch
 import torch.nn as nn
 
 from ..model import AutoencoderTinyOutput, DecoderOutput, MissingPartError
+from ..nets.model import ParameterFacts
 from . import weights as W
 from .config import VideoConfig
 from .frames import DecodeStream, EncodeStream, decode_latents, decoded_frame_count, encode_frames
 from .variants import VideoVariant, get_video_variant
 
 
-class AutoencoderTinyVideo(nn.Module):
+class AutoencoderTinyVideo(ParameterFacts, nn.Module):
     """A video Tiny AutoEncoder. Build from a `VideoConfig`, a variant name, or load with `from_pretrained`."""
 
     def __init__(self, config: VideoConfig | str | None = None, *, encoder: bool = True, decoder: bool = True,
@@ -37,14 +38,6 @@ class AutoencoderTinyVideo(nn.Module):
     @property
     def config(self) -> VideoConfig:
         return self._config
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
 
     @property
     def temporal_compression_ratio(self) -> int:
