@@ -9,7 +9,7 @@ import torch
 from conftest import IMAGES, PHOTOS, load_photo, psnr
 from tinyae import AutoencoderTiny, runtime
 from tinyae.engine import calibration, quant
-from tinyae.engine.quant import QBlock, QConv, QUpsampleConv
+from tinyae.engine.quant import QBlock, QConv, QStem, QUpsampleConv
 from tinyae.nets.variants import variant_config
 
 pytestmark = pytest.mark.skipif(not (quant.available() and runtime.cpu_has_fast_bf16()),
@@ -40,7 +40,7 @@ def int8_taef2(taef2):
 
 def test_int8_quality_gate_on_held_out_photos(taef2, int8_taef2):
     kinds = [type(op) for op in int8_taef2.decoder.ops] + [type(op) for op in int8_taef2.encoder.ops]
-    assert QBlock in kinds and QConv in kinds and QUpsampleConv in kinds
+    assert QBlock in kinds and QConv in kinds and QUpsampleConv in kinds and QStem in kinds
     assert int8_taef2.precision == "int8"
     assert_gate(int8_taef2, taef2)
 
@@ -57,6 +57,27 @@ def test_int8_strips_equal_whole(monkeypatch):
         monkeypatch.setattr(runtime, "STRIP_BYTES", 1 << 14)  # strips of a few rows
         assert torch.equal(fast.encode(x).latents, whole[1])
         assert torch.equal(fast.decode(z).sample, whole[0])
+
+
+def test_int8_stem_border_ring_is_as_close_as_its_interior():
+    """QStem (the encoder's input conv + first block): its composed 5x5 conv is wrong on the outermost ring of
+    pixels, which is recomputed from the two float convs and quantized; so the border rows and columns are as
+    close to the float stem as the interior is (a wrong ring differs by whole bias-sized amounts)."""
+    torch.manual_seed(3)
+    vae = AutoencoderTiny(**variant_config("taesd")).eval()
+    images = [torch.rand(1, 3, 64, 64) * 2 - 1]
+    fast_q, fast_f = runtime.optimize(vae, "int8", calibration=images), runtime.optimize(vae, "bf16")
+    stem_q, stem_f = fast_q.encoder.ops[0], fast_f.encoder.ops[0]
+    assert isinstance(stem_q, QStem)
+    x = ((torch.rand(1, 3, 40, 48) * 255).round() / 255).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        q, want = stem_q(x), stem_f(x).float()
+        scale, zp = stem_q.conv3.out
+        err = ((q.float() - zp) * scale - want).abs()
+    interior = float(err[..., 1:-1, 1:-1].max())
+    for edge in (err[..., 0, :], err[..., -1, :], err[..., :, 0], err[..., :, -1]):
+        assert float(edge.max()) <= 2 * interior + 2 * scale
+    assert interior <= 0.1 * float(want.abs().max())
 
 
 def test_int8_needs_calibration():
@@ -138,3 +159,22 @@ def test_shipped_calibration_is_what_the_photos_give(taef2):
         assert entry["calibrated_on"] == [p.name for p in CALIBRATION]
         assert min(entry["held_out_psnr_db"].values()) >= 40
         assert torch.allclose(torch.tensor(entry["ranges"]), torch.tensor(ranges), rtol=1e-2, atol=1e-3)
+
+
+def test_stream_chunks_count_int8_activations_in_bytes():
+    """fast_stream sizes its chunks by the bytes of what each op emits: an int8 op's uint8 output is 1 byte per
+    value (its float parameters are only biases and scales), an upsample conv has its own output channels (not the
+    4 phases of its 2x2 kernel), so int8 chunks are at least as tall as bf16 ones."""
+    from tinyae.engine.fast_stream import _activation_bytes
+    from tinyae.engine.kernels import FastUpsampleConv
+
+    torch.manual_seed(4)
+    vae = AutoencoderTiny(**variant_config("taesd")).eval()
+    fast_q = runtime.optimize(vae, "int8", calibration=[torch.rand(1, 3, 64, 64) * 2 - 1])
+    fast_f = runtime.optimize(vae, "bf16")
+    for q, f in zip(fast_q.decoder.ops, fast_f.decoder.ops):
+        if isinstance(f, FastUpsampleConv):
+            assert _activation_bytes(f) == 64 * 2
+            assert isinstance(q, QUpsampleConv) and _activation_bytes(q) == 64
+        if isinstance(q, (QConv, QBlock, QStem, QUpsampleConv)):
+            assert _activation_bytes(q) <= _activation_bytes(f)

@@ -226,7 +226,7 @@ class _Chain:
             w_in, w = w, w * s.up // s.down
             # bytes per output row of the widest activation, or of the input rows it reads (a stride-2 segment
             # reads 2 rows twice as wide); GroupNorm's two float32 temporaries (scale-and-shift) count 4 times
-            row_bytes = max(w, w_in * s.down) * max(_channels(op) for op in group) * _element_size(group)
+            row_bytes = max(w, w_in * s.down) * max(_activation_bytes(op) for op in group)
             if any(isinstance(op, FastBlock) and op.pool is not None for op in group):
                 row_bytes *= 4
             s.min_rows = max(MIN_CHUNK_ROWS, CHUNK_BYTES // max(1, row_bytes))
@@ -265,20 +265,18 @@ class _Chain:
             s.cap = s.min_rows
 
 
-def _channels(op: nn.Module) -> int:
-    for name in ("conv1", "conv3", "conv"):
-        sub = getattr(op, name, None)
-        if sub is not None and hasattr(sub, "weight"):
-            return sub.weight.shape[0]
-    w = getattr(op, "weight", None)
-    return w.shape[0] if w is not None else 64
-
-
-def _element_size(ops: list[nn.Module]) -> int:
-    for op in ops:
-        for p in op.parameters():
-            return p.element_size()
-    return 4
+def _activation_bytes(op: nn.Module) -> int:
+    """Bytes per pixel of what `op` emits: its output channels (an upsample conv's own, not its 4 phases) times
+    the element size (1 between int8 ops, whose float parameters are only biases and scales; else the float
+    weights'). Parameter-free ops count as 64 float32 channels."""
+    last = next((sub for sub in (getattr(op, n, None) for n in ("conv3", "conv")) if hasattr(sub, "weight")), op)
+    weight = getattr(last, "weight", None)
+    if weight is None:
+        return 64 * 4
+    channels = getattr(op, "out_channels", None) or weight.shape[0]
+    if hasattr(last, "out_dtype"):  # an int8 QConv: uint8 out, or its float out_dtype
+        return channels * (1 if last.out is not None else last.out_dtype.itemsize)
+    return channels * weight.element_size()
 
 
 def _run(chain: _Chain, bands: Iterable[torch.Tensor], fraction: float) -> Iterator[torch.Tensor]:

@@ -10,8 +10,10 @@ through `torch.ops.onednn.qconv2d_pointwise` with
 - outputs requantized in the kernel straight to the next int8 layer's input scale (ReLU and the residual sum fused),
   so activations between int8 layers are 1 byte per value; float (the network's dtype) where a float layer follows.
 
-Layers left as they were: the GroupNorm blocks (lowest resolution, whole-image statistics) and `FastStem`
-(`optimize_int8` also keeps the op after it). `optimize(model, "int8", calibration=images)` calls `optimize_int8`.
+The encoder's `FastStem` (input conv + first block at full resolution, about half the encoder's work) becomes a
+`QStem`: the [0, 1] image quantized once (exact for 8-bit photos: scale 1/255, zero point 0), its skip and the 5x5
+composed conv in uint8, the border ring recomputed in float and quantized. Layers left as they were: the GroupNorm
+blocks (lowest resolution, whole-image statistics). `optimize(model, "int8", calibration=images)` calls `optimize_int8`.
 The layer kinds subclass the float ones, so their row geometry (and `optimize`'s strips) carries over.
 Quality and speed: docs/performance.md ("what was tried for issue 16").
 """
@@ -129,6 +131,45 @@ class QBlock(FastBlock):
                           residual_q=(self.conv1.x_scale, self.conv1.x_zp))
 
 
+class QStem(FastStem):
+    """`FastStem` in int8: skip = conv0(x) and a = relu(conv1(conv0(x))) (the composed 5x5 conv) from the image
+    quantized once, the border ring of `a` from the float convs (`ring0`, `ring1`), then conv2 and conv3 (+ skip)
+    as QConvs. Ranges: the image (conv0's input), the skip (conv0's output, recorded under the stem's id), conv2's
+    and conv3's inputs, and the next op's input (`out_range`; None: float output)."""
+
+    def __init__(self, stem: FastStem, ranges: dict[int, Range], out_range: Range | None, out_dtype: torch.dtype):
+        nn.Module.__init__(self)
+        x_r, skip_r = ranges[id(stem.conv0)], ranges[id(stem)]
+        a_r, c3_r = ranges[id(stem.conv2)], ranges[id(stem.conv3)]
+        self.ring0, self.ring1 = stem.conv0, stem.conv1  # float, for the ring (a few rows and columns)
+        self.conv0 = QConv(stem.conv0.weight, stem.conv0.bias, 1, 1, False, x_r, skip_r, out_dtype)
+        f = stem.first
+        self.first = QConv(f.weight, f.bias, 1, 2, True, x_r, a_r, out_dtype)
+        self.conv2 = QConv(stem.conv2.weight, stem.conv2.bias, 1, 1, True, a_r, c3_r, out_dtype)
+        self.conv3 = QConv(stem.conv3.weight, stem.conv3.bias, 1, 1, True, c3_r, out_range, out_dtype)
+
+    def _ring(self, x: torch.Tensor) -> torch.Tensor:
+        return quantize_activation(self.ring1(self.ring0(x)), self.conv2.x_scale, self.conv2.x_zp)
+
+    def forward(self, x: torch.Tensor, top: bool = True, bottom: bool = True) -> torch.Tensor:
+        n, _, h, w = x.shape
+        xq = self.conv0.quantized_input(x)
+        skip = self.conv0(xq)
+        if h <= 6 or w <= 6:
+            a = self._ring(x)
+        else:
+            a = self.first(xq)
+            if top:
+                a[:, :, :1] = self._ring(x[:, :, :3])[:, :, :1]
+            if bottom:
+                a[:, :, -1:] = self._ring(x[:, :, -3:])[:, :, -1:]
+            cols = self._ring(torch.cat([x[..., :3], x[..., -3:]]).contiguous(memory_format=_CL))
+            a[..., 0], a[..., -1] = cols[:n, ..., 0], cols[n:, ..., -1]
+        if self.conv3.out is None:  # float output: float skip
+            skip = (skip.float() - self.conv0.out[1]) * self.conv0.out[0]
+        return self.conv3(self.conv2(a), residual=skip, overwrite=True, residual_q=self.conv0.out)
+
+
 class QUpsampleConv(FastUpsampleConv):
     """nearest 2x upsample + 3x3 conv as an int8 2x2 convolution with 4x the channels, then `interleave_phases`
     (on 1-byte values when the output is uint8)."""
@@ -151,8 +192,16 @@ def _ranges(net: FastNet, calibrate: Callable[[], object]) -> dict[int, Range]:
         old = seen.get(id(module), (lo, hi))
         seen[id(module)] = (min(old[0], lo), max(old[1], hi))
 
+    def stem_hook(stem: FastStem) -> Callable:
+        def record(module: nn.Module, args: tuple, out: torch.Tensor) -> None:  # the stem's skip: conv0's output
+            lo, hi = float(out.min()), float(out.max())
+            old = seen.get(id(stem), (lo, hi))
+            seen[id(stem)] = (min(old[0], lo), max(old[1], hi))
+        return record
+
     kinds = (FastConv, FastUpsampleConv, FastBlock)
     handles = [m.register_forward_pre_hook(hook) for m in net.modules() if isinstance(m, kinds)]
+    handles += [m.conv0.register_forward_hook(stem_hook(m)) for m in net.modules() if isinstance(m, FastStem)]
     try:
         with torch.inference_mode():
             calibrate()
@@ -164,7 +213,7 @@ def _ranges(net: FastNet, calibrate: Callable[[], object]) -> dict[int, Range]:
 
 def _calibrated(net: FastNet) -> list[nn.Module]:
     """The modules whose input ranges `_ranges` records, in a fixed order (the network's module order)."""
-    return [m for m in net.modules() if isinstance(m, (FastConv, FastUpsampleConv, FastBlock))]
+    return [m for m in net.modules() if isinstance(m, (FastConv, FastUpsampleConv, FastBlock, FastStem))]
 
 
 def range_list(net: FastNet, ranges: dict[int, Range]) -> list[Range]:
@@ -181,6 +230,8 @@ def stored_ranges(net: FastNet, stored: Sequence[Sequence[float]]) -> dict[int, 
 
 
 def _input_range(op: nn.Module, ranges: dict[int, Range]) -> Range | None:
+    if isinstance(op, FastStem):
+        return ranges.get(id(op.conv0)) if id(op) in ranges else None
     if isinstance(op, FastBlock):
         return ranges.get(id(op.conv1)) if op.pool is None and op.skip is None and op.relu_inside else None
     if isinstance(op, (FastConv, FastUpsampleConv)) and type(op) in (FastConv, FastUpsampleConv):
@@ -207,7 +258,9 @@ def quantize(net: FastNet, calibrate: Callable[[], object] | None, originals: di
         if r is None:
             continue
         out = q_in[i + 1] if i + 1 < len(ops) else None
-        if isinstance(op, FastBlock):
+        if isinstance(op, FastStem):
+            ops[i] = QStem(op, ranges, out, dtype)
+        elif isinstance(op, FastBlock):
             ops[i] = QBlock(op, ranges, out, dtype)
         elif isinstance(op, FastUpsampleConv):
             if originals is None or id(op) not in originals:
@@ -217,9 +270,9 @@ def quantize(net: FastNet, calibrate: Callable[[], object] | None, originals: di
         else:
             ops[i] = QConv(op.weight, op.bias, op.stride, op.padding, op.relu, r, out, dtype)
     for i, op in enumerate(ops):  # a float op after an int8 one: the int8 one emits float
-        if q_in[i] is None and i > 0 and isinstance(ops[i - 1], (QConv, QBlock, QUpsampleConv)):
+        if q_in[i] is None and i > 0 and isinstance(ops[i - 1], (QConv, QBlock, QStem, QUpsampleConv)):
             prev = ops[i - 1]
-            last = prev.conv3 if isinstance(prev, QBlock) else prev.conv if isinstance(prev, QUpsampleConv) else prev
+            last = prev.conv3 if isinstance(prev, (QBlock, QStem)) else prev.conv if isinstance(prev, QUpsampleConv) else prev
             last.out = None
     net.ops = nn.Sequential(*ops)
     return net
@@ -236,11 +289,10 @@ def upsample_originals(fast: FastNet, net: nn.Module) -> dict[int, nn.Conv2d]:
 def float_ops(net: FastNet) -> set[int]:
     """Indices of the ops `optimize_int8` keeps in floating point: the lowest-resolution level (the decoder's ops
     before its first upsampling, the encoder's after its last stride-2 conv: 1/64 of the work at most, and the
-    layers int8 hurts most, see docs/performance.md), an encoder's stem (the convs before its first block, which
-    read the image; taesana's strided stem), and the op after a float `FastStem` (quantizing the full-size stem
-    output would cost an extra pass over the largest activation)."""
+    layers int8 hurts most, see docs/performance.md) and the convs before an encoder's first block or stem (which
+    read the image: taesana's strided stem). A `FastStem` itself becomes a `QStem`."""
     ops = list(net.ops)
-    keep = {i + 1 for i, op in enumerate(ops) if isinstance(op, FastStem)}
+    keep: set[int] = set()
     if net.clamp:  # decoder
         first_up = next((i for i, op in enumerate(ops) if isinstance(op, FastUpsampleConv)), len(ops))
         return keep | set(range(first_up))
