@@ -19,7 +19,7 @@ from ..images import read_image
 from ..weights import sha256_file
 from .manifest import SHARDS, JobSpec, marker_path, write_json
 from .preprocess import Preprocess
-from .shards import shard_name, write_shard
+from .shards import LATENT_DTYPES, shard_name, write_shard
 from .sources import Item, Source
 
 
@@ -152,6 +152,9 @@ class ShardWorker:
         def flush(shape: tuple[int, ...]) -> None:
             batch = waiting.pop(shape)
             out = self.encoder(torch.stack([x for _, _, x, _ in batch]))
+            # the stored dtype here, on the encoding thread: a torch op on the writer thread would start another
+            # OpenMP team competing with the encoder's threads
+            out = {k: v.to(LATENT_DTYPES[self.spec.latent_dtype]) for k, v in out.items()}
             for j, (p, key, _, record) in enumerate(batch):
                 rows.append(self._row(p, key, record, {k: v[j] for k, v in out.items()}))
 

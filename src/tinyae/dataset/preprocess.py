@@ -97,16 +97,21 @@ class Preprocess:
             if self.crop == "random":
                 rng = random.Random(f"{self.seed}:{key}")
                 left, top = rng.randint(0, rw - tw), rng.randint(0, rh - th)
-            x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None]
             if (rw, rh) != (w, h):
+                x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None]
                 x = torch.nn.functional.interpolate(x, size=(rh, rw), mode="bicubic", antialias=True,
                                                     align_corners=False).clamp_(0, 1)
-            x = x[0, :, top:top + th, left:left + tw]
-        x = (x * 2 - 1).contiguous()
+                x = x[0, :, top:top + th, left:left + tw]
+            else:
+                x = torch.from_numpy(rgb[top:top + th, left:left + tw].transpose(2, 0, 1))
+        # numpy, not torch: a torch op from a reading thread starts its own OpenMP team, which competes with the
+        # encoder's threads for the cores (float32 x * 2 - 1 is exact in both, so the values are the same)
+        x = torch.from_numpy(np.ascontiguousarray(x.numpy() * 2 - 1))
         record = {"original_size": [w, h], "resized_size": [rw, rh], "crop": [left, top, tw, th], "flipped": False}
         variants = [(key, x, record)]
         if self.flip == "both":
-            variants.append((f"{key}#flip", x.flip(-1).contiguous(), {**record, "flipped": True}))
+            variants.append((f"{key}#flip", torch.from_numpy(np.ascontiguousarray(x.numpy()[..., ::-1])),
+                             {**record, "flipped": True}))
         return variants
 
     def _target(self, w: int, h: int) -> tuple[int, int]:
