@@ -6,6 +6,7 @@ read-back (Parquet and safetensors shards) vs one .npz per image.
     python benchmarks/dataset.py --images 2000 --size 512 --ray                # all of it on 2,000 (over 1 h)
     python benchmarks/dataset.py --images 40 --size 128 --ray                  # a check that it runs
     python benchmarks/dataset.py --images 400 --size 256 --read-only           # read-back only
+    python benchmarks/dataset.py --images 400 --size 512 --ratio-rounds 2      # only the ratio, interleaved rounds
 
 `--subset S`: the local runner end to end (images/s, peak RSS) runs on all `--images`; the encoder-alone baseline,
 the local runner on S images (the small-N point of the RSS comparison and the Ray runner's baseline), the Ray
@@ -214,6 +215,8 @@ def main() -> None:
     p.add_argument("--ray", action="store_true", help="also the Ray runner, on a 2-node Ray cluster on this "
                    "machine (tinyae.dataset.ray_local; --torch-threads / 2 CPUs per node, one actor per node)")
     p.add_argument("--read-only", action="store_true", help="only the read-back part")
+    p.add_argument("--ratio-rounds", type=int, default=0, help="only the local runner / encoder alone ratio, in this "
+                   "many interleaved rounds (alone, runner, alone, runner, ...) on all images")
     args = p.parse_args()
     n = args.images
     sub = min(args.subset or n, n)
@@ -230,6 +233,13 @@ def main() -> None:
             run_job(tmp / "images", tmp / "out", args.model, args.size, args.batch_size, args.threads, "local",
                     args.shard_size)
             return print_read_back(tmp)
+        if args.ratio_rounds:
+            for r in range(args.ratio_rounds):
+                alone = encoder_alone(tmp / "images", args.model, args.size, args.batch_size)
+                rate, rss = child_rss(tmp / "images", tmp / f"out-{r}", args)
+                print(f"round {r + 1}: encoder alone {alone:.2f} images/s, local runner {rate:.2f} images/s = "
+                      f"{100 * rate / alone:.0f}% (peak RSS {rss} MB)", flush=True)
+            return None
         small = first_images(tmp / "images", tmp / "small", sub if sub < n else n // 2)
         subset = tmp / "images" if sub == n else small
         alone = encoder_alone(subset, args.model, args.size, args.batch_size)
