@@ -47,6 +47,9 @@ def one(mode: str, size: int, weights: str, threads: int) -> dict:
 
     from tinyae.engine.tiling import decode_to_png
 
+    from tinyae.engine import fast_stream
+
+    fast_stream.SEGMENTS = os.environ.get("BENCH_SEGMENTS", fast_stream.SEGMENTS)  # --segments, for this child
     fast = _model(weights, threads).optimize()
     torch.manual_seed(0)
     z = torch.randn(1, 32, size // 8, size // 8).clamp_(-2.5, 2.5)  # in place: no second whole-size copy
@@ -146,6 +149,8 @@ def main() -> None:
     ap.add_argument("--photos", default=str(ROOT.parent / "shared" / "images"))
     ap.add_argument("--skip", nargs="*", default=[], choices=["stream", "tile", "cli"])
     ap.add_argument("--live", action="store_true", help="also the 2048² memory rows without allocator retention")
+    ap.add_argument("--segments", nargs="+", default=["level"], choices=["level", "op"],
+                    help="fast_stream.SEGMENTS for the tiled rows (each measured; the streamed row uses the first)")
     ap.add_argument("--one", nargs=2, metavar=("MODE", "SIZE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -155,9 +160,10 @@ def main() -> None:
     print("|---|---|---|---|")
     mem = {op: _child(f"memory-{op}", args.tile_size, args) for op in ("decode", "encode")}
     if "tile" not in args.skip:
-        for op in ("decode", "encode"):
-            t = _child(f"tiled-{op}", args.tile_size, args)
-            print(f"| {args.tile_size}² tiled {op}, optimize() ({t['precision']}) | {t['seconds']:.2f} s, peak RSS "
+        for op, seg in ((op, seg) for seg in args.segments for op in ("decode", "encode")):
+            t = _child(f"tiled-{op}", args.tile_size, args, BENCH_SEGMENTS=seg)
+            print(f"| {args.tile_size}² tiled {op}, optimize() ({t['precision']}), segments per {seg} | "
+                  f"{t['seconds']:.2f} s, peak RSS "
                   f"{t['peak_rss_mb']:.0f} MB | in memory {mem[op]['seconds']:.2f} s, {mem[op]['peak_rss_mb']:.0f} MB "
                   f"| time {t['seconds'] / mem[op]['seconds']:.2f}x, memory "
                   f"{(t['peak_rss_mb'] - t['model_rss_mb']) / max(1, mem[op]['peak_rss_mb'] - mem[op]['model_rss_mb']):.2f}x "
@@ -170,7 +176,7 @@ def main() -> None:
             print(f"| {args.tile_size}² {op}, MALLOC_MMAP_THRESHOLD_=65536 | tiled {above_t:.0f} MB above the model "
                   f"| in memory {above_m:.0f} MB | memory {above_t / max(1, above_m):.2f}x |", flush=True)
     if "stream" not in args.skip:
-        s = _child("streamed-png", args.stream_size, args)
+        s = _child("streamed-png", args.stream_size, args, BENCH_SEGMENTS=args.segments[0])
         per_px = mem["decode"]["seconds"] / args.tile_size ** 2
         ratio = s["seconds"] / args.stream_size ** 2 / per_px
         print(f"| {args.stream_size}² streamed decode to PNG, optimize() ({s['precision']}) | {s['seconds']:.0f} s, "

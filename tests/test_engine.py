@@ -89,6 +89,7 @@ def test_fast_op_geometry_covers_what_the_op_reads(fused):
        tiling_first=st.booleans())
 def test_optimize_and_tiling_compose(gn, stem, seed, band, h, w, tiny_chunks, precision, tiling_first):
     with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fast_stream, "SEGMENTS", "op" if seed % 2 else "level")  # rows carried per op, or per level
         mp.setattr(fast_stream, "MIN_CHUNK_ROWS", 1 if tiny_chunks else 32)
         mp.setattr(fast_stream, "CHUNK_BYTES", 1 if tiny_chunks else 16 << 20)
         _check_composition(gn, stem, seed, band, h, w, precision, tiling_first)
@@ -220,6 +221,7 @@ def test_tiled_fast_output_is_widened_once():
 def test_column_tiles_compose(gn, stem, seed, band, h, w, tile, precision, tiling_first):
     """Chunks cut into column tiles (as at very wide images) give the same results as whole rows."""
     with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fast_stream, "SEGMENTS", "op" if seed % 2 else "level")
         mp.setattr(fast_stream, "MIN_CHUNK_ROWS", 1)
         mp.setattr(fast_stream, "CHUNK_BYTES", 1)
         mp.setattr(fast_stream, "MIN_TILE_COLUMNS", tile)

@@ -89,9 +89,13 @@ def test_int8_needs_calibration():
         runtime.optimize(decoder_only, "int8", calibration=[torch.zeros(1, 3, 64, 64)])
 
 
-def test_int8_row_band_streaming_is_exact():
-    """tinyae.fast_stream runs the int8 layers from their inherited geometry: the same result as the whole net."""
+@pytest.mark.parametrize("segments", ["level", "op"])
+def test_int8_row_band_streaming_is_exact(segments, monkeypatch):
+    """tinyae.fast_stream runs the int8 layers from their inherited geometry: the same result as the whole net,
+    with the context recomputed per resolution level or rows carried per op."""
     from tinyae.engine import fast_stream
+
+    monkeypatch.setattr(fast_stream, "SEGMENTS", segments)
 
     torch.manual_seed(1)
     vae = AutoencoderTiny(**variant_config("taesd")).eval()

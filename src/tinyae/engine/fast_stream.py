@@ -42,6 +42,8 @@ CHUNK_BYTES = 8 << 20  # an op's chunk: about this many bytes of its widest acti
 MIN_CHUNK_ROWS = 32  # ... and at least this many output rows (the recomputed context is 2 x halo rows a chunk)
 MIN_TILE_COLUMNS = 512  # wider images: a chunk runs in column tiles of CHUNK_BYTES, each at least this wide
 STATS_BYTES = 4 << 20  # the float64 slices a GroupNorm statistics pass converts at a time
+SEGMENTS = "level"  # "level": one segment per resolution level (context recomputed per chunk); "op": one per op
+# (each op carries its input rows between chunks: less recomputed, one more copy of every activation)
 
 
 class Bands:
@@ -215,7 +217,7 @@ class _Chain:
         ended = True
         for op in ops:
             g = geometry(op)
-            if ended or g.up != 1:
+            if ended or g.up != 1 or SEGMENTS == "op":
                 groups.append([])
             groups[-1].append(op)
             ended = g.down != 1
