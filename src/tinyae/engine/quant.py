@@ -312,7 +312,8 @@ def optimize_int8(model: "AutoencoderTiny", calibration: Sequence[torch.Tensor] 
     or AMX, else fp32) with its convolutions rewritten to int8 by `quantize`.
 
     calibration: real images (B, C, H, W) in [-1, 1] (a few photos of the kind you will encode; 256² crops are
-    enough); the decoder is calibrated on their latents from `model`'s own float32 encoder, or on `latents`
+    enough if together they cover its colours and contrasts: activations beyond the calibrated ranges clip, and the
+    int8 stem at full resolution is the most sensitive; one corner crop of one photo is not enough); the decoder is calibrated on their latents from `model`'s own float32 encoder, or on `latents`
     (raw latents) when given or when the model has no encoder.
     """
     from .optimize import optimize
