@@ -182,3 +182,17 @@ def test_stream_chunks_count_int8_activations_in_bytes():
             assert isinstance(q, QUpsampleConv) and _activation_bytes(q) == 64
         if isinstance(q, (QConv, QBlock, QStem, QUpsampleConv)):
             assert _activation_bytes(q) <= _activation_bytes(f)
+
+
+@pytest.mark.parametrize("w", [1, 2, 3])
+def test_int8_strided_conv_on_narrow_inputs(w):
+    """QConv widens one-column outputs as FastConv does (oneDNN garbage there), padding with the zero point."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(16, 16, 3, stride=2, padding=1)
+    x = torch.rand(1, 16, 20, w) * 2 - 1  # zero point 128: a zero-filled pad would read as -1
+    q = QConv(conv.weight, conv.bias, 2, 1, True, (-1.0, 1.0), None, torch.float32)
+    with torch.no_grad():
+        ref = torch.relu(conv(x))
+        for _ in range(3):
+            got = q(x.contiguous(memory_format=torch.channels_last))
+            assert got.shape == ref.shape and (got - ref).abs().max() <= 0.02 * float(ref.abs().max())

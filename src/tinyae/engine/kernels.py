@@ -78,9 +78,29 @@ class FastConv(_Prepacked):
             raise ValueError(f"unsupported convolution {conv}: anisotropic stride or padding")
         return cls(conv.weight, conv.bias, conv.stride[0], conv.padding[0], relu, dtype, fused)
 
+    def narrow_pad(self, x: torch.Tensor) -> int:
+        """Zero columns to append to `x` so this convolution's output is at least 2 wide (0: none needed).
+
+        oneDNN's CPU kernels of a strided convolution whose output is one column wide (seen on AMX in bf16, torch
+        2.13: stride 2, output height >= 5; pytorch/pytorch#169688) return garbage, different run to run. The
+        appended columns hold what the padding holds (zero; for uint8 input, its zero point), so output 0 reads
+        the same values as before; the extra output column is dropped."""
+        w_out = (x.shape[3] + 2 * self.padding - self.weight.shape[-1]) // self.stride + 1
+        return self.stride if self.stride > 1 and w_out == 1 and x.device.type == "cpu" else 0
+
+    def widened(self, x: torch.Tensor, pad: int, pad_value: int, residual: torch.Tensor | None,
+                **kwargs: Any) -> torch.Tensor:
+        """forward() on `x` with `pad` columns of `pad_value` appended (narrow_pad), cropped back to 1 column."""
+        x = F.pad(x, (0, pad), value=pad_value).contiguous(memory_format=_CL)
+        if residual is not None:
+            residual = F.pad(residual, (0, 1)).contiguous(memory_format=_CL)
+        return self.forward(x, residual, **kwargs)[..., :1].contiguous(memory_format=_CL)
+
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, overwrite: bool = False
                 ) -> torch.Tensor:
         """conv(x) [+ residual] [-> relu]; `overwrite` lets the result reuse `residual`'s memory (CPU)."""
+        if pad := self.narrow_pad(x):
+            return self.widened(x, pad, 0, residual)
         p, s = [self.padding] * 2, [self.stride] * 2
         if self.fused:
             relu = "relu" if self.relu else None

@@ -87,6 +87,8 @@ class QConv(FastConv):
         """`residual`: uint8 at `residual_q` (scale, zero point) when the output is uint8, else float. The kernel
         writes the result into the residual's memory, so without `overwrite` it is copied first."""
         x = self.quantized_input(x)
+        if pad := self.narrow_pad(x):  # zero columns: the zero point (what the kernel pads with)
+            return self.widened(x, pad, self.x_zp, residual, residual_q=residual_q)
         p, s = [self.padding] * 2, [self.stride] * 2
         w = self.packed_weight(x)
         o_scale, o_zp = self.out if self.out is not None else (1.0, 0)
