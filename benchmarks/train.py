@@ -73,8 +73,11 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, nargs="+", default=[10, 30, 60], help="budgets (cumulative)")
     p.add_argument("--out", default="bench_out/train")
-    p.add_argument("--runs", nargs="+", default=["decoder", "encoder"], choices=["decoder", "encoder", "mse"],
-                   help="decoder (recover a decoder), encoder (distil an encoder), mse (plain-MSE decoder baseline)")
+    p.add_argument("--runs", nargs="+", default=["decoder", "encoder"],
+                   choices=["decoder", "encoder", "mse", "warmup"],
+                   help="decoder (recover a decoder), encoder (distil an encoder), mse (plain-MSE decoder baseline), "
+                        "warmup (recover a decoder: plain MSE until --adv-start, then the adversarial recipe)")
+    p.add_argument("--adv-start", type=int, default=2000, help="the warmup run's last MSE step (default 2000)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--batch-size", type=int, default=8)
@@ -102,11 +105,13 @@ def main() -> int:
         "decoder": ["--teacher", f"{enc},", "--student", f"{enc},", "--train", "decoder"],
         "mse": ["--teacher", f"{enc},", "--student", f"{enc},", "--train", "decoder", "--adversarial", "off",
                 "--lr", "6e-4"],
+        "warmup": ["--teacher", f"{enc},", "--student", f"{enc},", "--train", "decoder", "--adv-start",
+                   str(args.adv_start), "--lr", "6e-4"],
         "encoder": ["--teacher", pair, "--student", f",{dec}", "--train", "encoder"],
     }
     results = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpu": cpu_name(),
                "device": args.device, "threads": torch.get_num_threads(), "batch_size": args.batch_size,
-               "crop_schedule": args.crop_schedule, "held_out": list(HELD_OUT),
+               "crop_schedule": args.crop_schedule, "adv_start": args.adv_start, "held_out": list(HELD_OUT),
                "train_images": len(list(train_dir.iterdir())), "released_taef2": reference, "runs": {},
                "load_average_start": round(os.getloadavg()[0], 2)}
     for name in args.runs:
@@ -158,12 +163,13 @@ def markdown(r: dict) -> str:
     for name, rows in r["runs"].items():
         for row in rows:
             m = row["full_images"]
-            if name in ("decoder", "mse"):
+            if name in ("decoder", "mse", "warmup"):
                 cells = [f"{m['psnr']:.2f} ({per_photo(m, 'psnr')})", f"{m['ssim']:.4f}",
                          f"{ref['roundtrip_psnr'] - m['psnr']:.2f}", "-", "-"]
             else:
                 cells = ["-", "-", "-", f"{m['latent_psnr']:.2f}", f"{m['via_teacher_psnr']:.2f}"]
-            label = {"decoder": "recover a decoder", "mse": "plain-MSE decoder", "encoder": "distil an encoder"}[name]
+            label = {"decoder": "recover a decoder", "mse": "plain-MSE decoder", "encoder": "distil an encoder",
+                     "warmup": f"MSE warm-up ({r.get('adv_start')} steps), then adversarial"}[name]
             lines.append(f"| {label} | {row['minutes']:g} | {row['steps']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -112,6 +112,20 @@ def test_adversarial_run_keeps_discriminator_and_replay_buffer(fx, tmp_path):
     assert ckpt["step"] == 3 and ckpt["samples_seen"] == 6
 
 
+def test_mse_warm_up_then_adversarial_phase(fx, tmp_path):
+    run = tmp_path / "run"
+    assert train_cli(fx, run, "--max-steps", "5", "--adv-start", "3", "--replay-size", "8") == 0
+    steps = records(run)
+    assert [r["step"] for r in steps] == [1, 2, 3, 4, 5]
+    for r in steps[:3]:  # warm-up: full-resolution pixel MSE, no discriminator
+        assert "mse" in r and "disc" not in r and "adv" not in r
+    for r in steps[3:]:  # then the recipe: the discriminator trains and the adversarial term joins
+        assert "mse" not in r and np.isfinite(r["disc"]) and np.isfinite(r["adv"])
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert ckpt["adv"]["buffer"]["fakes"].shape[0] == 4  # 2 adversarial steps of batch 2 fed the buffer
+    assert train_cli(fx, tmp_path / "bad", "--max-steps", "1", "--adv-start", "-1") != 0
+
+
 def test_frozen_halves_and_fine_tune(fx, tmp_path):
     torch.manual_seed(1)
     base = AutoencoderTiny(**TINY)

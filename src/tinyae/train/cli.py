@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--w-mse", type=float, help="decoder: pixel MSE (default 0; 1 with --adversarial off)")
     g.add_argument("--adversarial", default=d.adversarial,
                    help="patch: the latent-conditioned patch discriminator (default); off: no adversarial loss")
+    g.add_argument("--adv-start", type=int, default=d.adv_start, metavar="STEP",
+                   help="decoder: pixel-MSE warm-up until this step, then the adversarial phase (default 0)")
     g.add_argument("--disc-lr", type=float, default=d.disc_lr)
     g.add_argument("--disc-width", type=int, default=d.disc_width)
     g.add_argument("--replay-size", type=int, default=d.replay_size, help="past fakes kept for the discriminator")
@@ -112,7 +114,8 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> TrainConfig:
         batch_size=args.batch_size, flip=args.flip,
         color_aug=args.color_aug, seed=args.seed, lr=args.lr, betas=betas, weight_decay=args.weight_decay,
         grad_clip=args.grad_clip, ema=args.ema, precision=args.precision, w_latent=args.w_latent,
-        w_adv=args.w_adv, w_pool=args.w_pool, w_mse=w_mse, adversarial=args.adversarial, disc_lr=args.disc_lr,
+        w_adv=args.w_adv, w_pool=args.w_pool, w_mse=w_mse, adversarial=args.adversarial, adv_start=args.adv_start,
+        disc_lr=args.disc_lr,
         disc_width=args.disc_width, replay_size=args.replay_size, max_steps=args.max_steps,
         time_budget=args.time_budget, checkpoint_every=args.checkpoint_every,
         checkpoint_minutes=args.checkpoint_minutes, eval_every=args.eval_every, log_every=args.log_every,

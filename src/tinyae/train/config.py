@@ -53,6 +53,9 @@ class TrainConfig:
     w_pool: float = 1.0  # decoder: MSE of 8x average-pooled images
     w_mse: float = 0.0  # decoder: full-resolution pixel MSE (the pure-MSE baseline)
     adversarial: str = "patch"  # patch (latent-conditioned patch discriminator), off, or a registered name
+    # decoder: steps of pixel-MSE warm-up before the adversarial phase (the discriminator idle, full-resolution
+    # MSE at weight max(w_mse, 1)); 0 = adversarial from the first step, as the recipe
+    adv_start: int = 0
     disc_lr: float = 3e-4
     disc_width: int = 64  # channels of the discriminator's first stage (x1, x2, x4, x8, x8, x8)
     replay_size: int = 1024  # past fakes kept for the discriminator
@@ -107,6 +110,10 @@ class TrainConfig:
     def uses_disc(self) -> bool:
         return self.trains_decoder and self.adversarial != "off" and self.w_adv > 0
 
+    def warming_up(self, step: int) -> bool:
+        """True while `step` (0-based) is in the decoder's pixel-MSE warm-up (before `adv_start`)."""
+        return self.uses_disc and step < self.adv_start
+
 
 def check(c: TrainConfig) -> None:
     """ValueError naming the first bad setting."""
@@ -146,6 +153,8 @@ def check(c: TrainConfig) -> None:
     for name in ("w_latent", "w_adv", "w_pool", "w_mse", "weight_decay", "grad_clip"):
         if getattr(c, name) < 0:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(c, name)}")
+    if c.adv_start < 0:
+        raise ValueError(f"--adv-start must be >= 0 steps, got {c.adv_start}")
     if c.replay_size < 1:
         raise ValueError(f"--replay-size must be >= 1, got {c.replay_size}")
     if c.max_steps is not None and c.max_steps < 0:

@@ -201,8 +201,9 @@ class Trainer:
             y = y.float()
             if c.w_pool > 0:
                 terms["pool"] = pooled_mse(y, x) * c.w_pool
-            if c.w_mse > 0:
-                terms["mse"] = F.mse_loss(y, x) * c.w_mse
+            w_mse = max(c.w_mse, 1.0) if c.warming_up(self.step) else c.w_mse
+            if w_mse > 0:
+                terms["mse"] = F.mse_loss(y, x) * w_mse
         # NaN/Inf guard, on values every rank shares: inputs, teacher latents and outputs of all ranks
         finite = torch.isfinite(x).all() & torch.isfinite(z).all()
         for t in (zs, y):
@@ -214,7 +215,7 @@ class Trainer:
             self.say(f"step {self.step + 1}: NaN or Inf in the batch, the teacher latents or the student's output; "
                      "step skipped")
             return {**record, "skipped": True}
-        if y is not None and self.adv is not None:
+        if y is not None and self.adv is not None and not c.warming_up(self.step):
             d_loss, d_ok = self.adv.disc_step(x, y, z, self.autocast, self.disc_scaler)
             record["disc"] = d_loss
             if not d_ok:
