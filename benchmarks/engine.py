@@ -50,6 +50,7 @@ def one(mode: str, size: int, weights: str, threads: int) -> dict:
     from tinyae.engine import fast_stream
 
     fast_stream.SEGMENTS = os.environ.get("BENCH_SEGMENTS", fast_stream.SEGMENTS)  # --segments, for this child
+    fast_stream.CHUNK_BYTES = int(os.environ.get("BENCH_CHUNK_BYTES", fast_stream.CHUNK_BYTES))  # --chunk-mb
     fast = _model(weights, threads).optimize()
     torch.manual_seed(0)
     z = torch.randn(1, 32, size // 8, size // 8).clamp_(-2.5, 2.5)  # in place: no second whole-size copy
@@ -151,6 +152,8 @@ def main() -> None:
     ap.add_argument("--live", action="store_true", help="also the 2048² memory rows without allocator retention")
     ap.add_argument("--segments", nargs="+", default=["level"], choices=["level", "op"],
                     help="fast_stream.SEGMENTS for the tiled rows (each measured; the streamed row uses the first)")
+    ap.add_argument("--chunk-mb", nargs="+", type=float, default=[0],
+                    help="fast_stream.CHUNK_BYTES in MiB for the tiled rows (each measured; 0: the default)")
     ap.add_argument("--one", nargs=2, metavar=("MODE", "SIZE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -160,9 +163,11 @@ def main() -> None:
     print("|---|---|---|---|")
     mem = {op: _child(f"memory-{op}", args.tile_size, args) for op in ("decode", "encode")}
     if "tile" not in args.skip:
-        for op, seg in ((op, seg) for seg in args.segments for op in ("decode", "encode")):
-            t = _child(f"tiled-{op}", args.tile_size, args, BENCH_SEGMENTS=seg)
-            print(f"| {args.tile_size}² tiled {op}, optimize() ({t['precision']}), segments per {seg} | "
+        for seg, mb, op in ((s, c, o) for s in args.segments for c in args.chunk_mb for o in ("decode", "encode")):
+            chunk = {"BENCH_CHUNK_BYTES": str(int(mb * 2 ** 20))} if mb else {}
+            t = _child(f"tiled-{op}", args.tile_size, args, BENCH_SEGMENTS=seg, **chunk)
+            label = f", chunks {mb:g} MiB" if mb else ""
+            print(f"| {args.tile_size}² tiled {op}, optimize() ({t['precision']}), segments per {seg}{label} | "
                   f"{t['seconds']:.2f} s, peak RSS "
                   f"{t['peak_rss_mb']:.0f} MB | in memory {mem[op]['seconds']:.2f} s, {mem[op]['peak_rss_mb']:.0f} MB "
                   f"| time {t['seconds'] / mem[op]['seconds']:.2f}x, memory "

@@ -250,3 +250,28 @@ def test_column_tiles_on_taef2_equal_eager(taef2, astronaut, monkeypatch):
     fast.enable_tiling(band_rows=2)
     assert (fast.decode(z).sample - taef2.decode(z).sample).abs().max() <= 1e-5
     assert (fast.encode(x).latents - taef2.encode(x).latents).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_tiled_encode_prepares_the_image_band_by_band(fast, monkeypatch):
+    """With tiling, encode's [-1, 1] -> [0, 1] conversion runs per band (no whole converted copy of the image);
+    the latents equal the untiled ones and a NaN in the last band is still caught."""
+    m = _model(True, False, 4)
+    m = m.optimize(PRECISIONS[-1]) if fast else m
+    x = torch.rand(1, 3, 48, 40) * 2 - 1
+    want = m.encode(x).latents
+    m.enable_tiling(band_rows=1)
+    seen, real = [], type(m)._tiled
+
+    def spy(self, net, inp, prepare=None):
+        seen.append(inp)
+        counted = lambda band: (seen.append(band.shape[2]), prepare(band))[1]  # noqa: E731
+        return real(self, net, inp, counted)
+
+    monkeypatch.setattr(type(m), "_tiled", spy)
+    got = m.encode(x).latents
+    assert seen[0] is x and max(seen[1:]) == 8  # the caller's tensor as it is, then 8-row bands
+    assert torch.allclose(got, want, atol=1e-5 if not fast else 2e-2, rtol=0)
+    x[..., -1, 0] = float("nan")
+    with pytest.raises(ValueError, match="images contain NaN"):
+        m.encode(x)

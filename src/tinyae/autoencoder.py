@@ -32,8 +32,8 @@ class AutoencoderTiny(AutoencoderTinyBase):
         self.tiling_options = check_options(self, options)
         self.use_tiling = True
 
-    def _tiled(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return tiled_apply(net, x, **self.tiling_options)
+    def _tiled(self, net: nn.Module, x: torch.Tensor, prepare: Any = None) -> torch.Tensor:
+        return tiled_apply(net, x, prepare=prepare, **self.tiling_options)
 
     # ------------------------------------------------------------------ fast inference (tinyae.engine)
     def optimize(self, precision: str = "auto", **kw: Any) -> "AutoencoderTiny":

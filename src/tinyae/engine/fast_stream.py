@@ -47,15 +47,17 @@ SEGMENTS = "level"  # "level": one segment per resolution level (context recompu
 
 
 class Bands:
-    """The row bands of a tensor x (B, C, H, W), `rows` rows each, converted to `dtype` one band at a time as they
-    are read (the whole input is never copied); iterable more than once, so a streamed run can read it again."""
+    """The row bands of a tensor x (B, C, H, W), `rows` rows each, converted to `dtype` (or by `prepare`, which
+    must return that dtype) one band at a time as they are read (the whole input is never copied); iterable more
+    than once, so a streamed run can read it again."""
 
-    def __init__(self, x: torch.Tensor, rows: int, dtype: torch.dtype):
-        self.x, self.rows, self.dtype = x, rows, dtype
+    def __init__(self, x: torch.Tensor, rows: int, dtype: torch.dtype,
+                 prepare: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        self.x, self.rows, self.dtype, self.prepare = x, rows, dtype, prepare
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         for band in self.x.split(self.rows, dim=2):
-            yield band.to(self.dtype)
+            yield band.to(self.dtype) if self.prepare is None else self.prepare(band)
 
 Stats = dict[int, tuple[torch.Tensor, torch.Tensor]]  # id(FastBlock) -> (mean, rstd), each (B, groups) float64
 
@@ -359,13 +361,16 @@ def stream_apply(net: FastNet, bands: Iterable[torch.Tensor], height: int, width
         yield from _run(tail, mid.split(rows, dim=2), rows / mid.shape[2])
 
 
-def tiled_apply(net: FastNet, x: torch.Tensor, band_rows: int) -> torch.Tensor:
-    """Exact banded equivalent of `net(x)` (up to the kernels' rounding), x (B, C, H, W) in the net's dtype.
-    The result is float32 when the net computes in bf16/fp16 (exactly the same values): the callers widen the
-    output anyway, so the narrow copy of the whole output is never held beside the wide one."""
+def tiled_apply(net: FastNet, x: torch.Tensor, band_rows: int,
+                prepare: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """Exact banded equivalent of `net(prepare(x))` (up to the kernels' rounding), x (B, C, H, W); `prepare`
+    (applied band by band) returns the net's dtype; without it x is in that dtype already. The result is
+    float32 when the net computes in bf16/fp16 (exactly the same values): the callers widen the output anyway, so
+    the narrow copy of the whole output is never held beside the wide one."""
     n_out = height_out(net, x.shape[2])
     wide = torch.promote_types(x.dtype, torch.float32)
-    bands = (b.to(wide) for b in stream_apply(net, Bands(x, band_rows, x.dtype), x.shape[2], x.shape[3], band_rows))
+    source = Bands(x, band_rows, x.dtype, prepare)
+    bands = (b.to(wide) for b in stream_apply(net, source, x.shape[2], x.shape[3], band_rows))
     return _collect(bands, n_out, torch.contiguous_format)
 
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import torch
 import torch.nn as nn
@@ -163,15 +163,20 @@ def stream_apply(net: nn.Module, bands: Iterable[torch.Tensor], height: int, wid
     yield from _run(_chain(tail, mid.shape[2], stats), mid.split(rows, dim=2), rows / mid.shape[2])
 
 
-def tiled_apply(net: nn.Module, x: torch.Tensor, **options: Any) -> torch.Tensor:
-    """Exact banded equivalent of `net(x)` for an Encoder or Decoder and x (B, C, H, W) in its convention."""
+def tiled_apply(net: nn.Module, x: torch.Tensor, prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                **options: Any) -> torch.Tensor:
+    """Exact banded equivalent of `net(prepare(x))` for an Encoder or Decoder and x (B, C, H, W); `prepare`
+    (None: x is already in the network's convention) is applied band by band, so no whole copy is made."""
     rows, _ = _band_rows(net, x.shape[2], x.shape[3], options)
     if _fast(net):
         from . import fast_stream
 
-        return fast_stream.tiled_apply(net, x, rows)
+        return fast_stream.tiled_apply(net, x, rows, prepare)
     n_out = out_rows(_flat_layers(net), x.shape[2])
-    return _collect(stream_apply(net, x.split(rows, dim=2), x.shape[2], x.shape[3], options), n_out)
+    bands = x.split(rows, dim=2)
+    if prepare is not None:
+        bands = (prepare(b) for b in bands)
+    return _collect(stream_apply(net, bands, x.shape[2], x.shape[3], options), n_out)
 
 
 # ---------------------------------------------------------------------------------------------- streaming API

@@ -241,10 +241,10 @@ class AutoencoderTinyBase(ParameterFacts, nn.Module):
         return self._net_one(net, x, prepare)
 
     def _net_one(self, net: nn.Module, x: torch.Tensor, prepare) -> torch.Tensor:
+        if self.use_tiling:  # prepared band by band: no whole converted copy of the input
+            return self._tiled(net, x, prepare)
         if prepare is not None:
             x = prepare(x)
-        if self.use_tiling:
-            return self._tiled(net, x)
         if self.gradient_checkpointing and torch.is_grad_enabled():
             if isinstance(net, Decoder):
                 x = net.clamp(x)
@@ -287,8 +287,9 @@ class AutoencoderTinyBase(ParameterFacts, nn.Module):
         self._finite_output(out, "decoding", "images", x.dtype)
         return DecoderOutput(sample=out) if return_dict else (out,)
 
-    def _tiled(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """Run `net` in row bands (use_tiling); the network alone has no tiling executor (tinyae.AutoencoderTiny)."""
+    def _tiled(self, net: nn.Module, x: torch.Tensor,
+               prepare: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """Run `net` in row bands (use_tiling), each band first `prepare`d; the network alone has no tiling executor (tinyae.AutoencoderTiny)."""
         raise NotImplementedError("tiling needs an executor: use tinyae.AutoencoderTiny")
 
     def forward(self, sample: torch.Tensor, return_dict: bool = True) -> DecoderOutput | tuple[torch.Tensor]:
