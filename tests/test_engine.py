@@ -92,6 +92,7 @@ def test_optimize_and_tiling_compose(gn, stem, seed, band, h, w, tiny_chunks, pr
         mp.setattr(fast_stream, "SEGMENTS", "op" if seed % 2 else "level")  # rows carried per op, or per level
         mp.setattr(fast_stream, "MIN_CHUNK_ROWS", 1 if tiny_chunks else 32)
         mp.setattr(fast_stream, "CHUNK_BYTES", 1 if tiny_chunks else 16 << 20)
+        mp.setattr(fast_stream, "STAGE_BYTES", 0 if tiny_chunks else 32 << 20)  # GroupNorm replayed, or whole
         _check_composition(gn, stem, seed, band, h, w, precision, tiling_first)
 
 
@@ -171,6 +172,7 @@ def test_groupnorm_replay_equals_keeping_the_stage_input(seed, band, h, w, tiny_
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(fast_stream, "MIN_CHUNK_ROWS", 1 if tiny_chunks else 32)
         mp.setattr(fast_stream, "CHUNK_BYTES", 1 if tiny_chunks else 8 << 20)
+        mp.setattr(fast_stream, "STAGE_BYTES", 0)  # as for a stage too large to run whole
         replayed = torch.cat([b.float() for b in fast_stream.stream_apply(
             net, fast_stream.Bands(z, band, z.dtype), h, w, band)], dim=2)
         kept = torch.cat([b.float() for b in fast_stream.stream_apply(
@@ -191,6 +193,7 @@ def test_streamed_decode_keeps_no_whole_image_tensor(monkeypatch, tmp_path):
         raise AssertionError("a whole tensor was collected")
 
     monkeypatch.setattr(fast_stream, "_collect", no_collect)
+    monkeypatch.setattr(fast_stream, "STAGE_BYTES", 0)  # as for an image whose GroupNorm stage is too large
     converted = []
     monkeypatch.setattr(fast_stream.Bands, "__iter__", lambda self: (converted.append(b.shape[2]) or b.to(self.dtype)
                                                                      for b in self.x.split(self.rows, dim=2)))
@@ -275,3 +278,21 @@ def test_tiled_encode_prepares_the_image_band_by_band(fast, monkeypatch):
     x[..., -1, 0] = float("nan")
     with pytest.raises(ValueError, match="images contain NaN"):
         m.encode(x)
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_small_groupnorm_stage_runs_whole_without_statistics_passes(taef2, astronaut, monkeypatch, precision):
+    """A GroupNorm stage of at most STAGE_BYTES runs whole (no statistics pass recomputes it); the tiled result is
+    the in-memory optimized one: within 1e-5 of eager in fp32, within rounding in bf16."""
+    fast = taef2.optimize(precision)
+    x = astronaut[:, :, :128, :192]
+    z = fast.encode(x).latents
+    want_dec, want_enc = fast.decode(z).sample, z
+    monkeypatch.setattr(fast_stream, "_gn_stats", lambda *a, **k: pytest.fail("a statistics pass ran"))
+    fast.enable_tiling(band_rows=1)
+    got_dec, got_enc = fast.decode(z).sample, fast.encode(x).latents
+    tol = 1e-5 if precision == "fp32" else 0.05
+    for got, want in ((got_dec, want_dec), (got_enc, want_enc)):
+        assert (got - want).abs().max().item() <= tol * max(1.0, want.abs().max().item())
+    if precision == "fp32":
+        assert (got_dec - taef2.decode(z).sample).abs().max() <= 1e-5
