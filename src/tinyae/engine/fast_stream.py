@@ -40,6 +40,7 @@ import torch.nn as nn
 from . import tiling
 from ..nets.layers import Geometry, geometry
 from .runtime import FastBlock, FastNet, FastStem
+from .sizes import _activation_bytes, _stage_bytes  # noqa: F401 (_activation_bytes: used by tests too)
 
 _CL = torch.channels_last
 CHUNK_BYTES = 8 << 20  # an op's chunk: about this many bytes of its widest activation ...
@@ -274,20 +275,6 @@ class _Chain:
             s.cap = s.min_rows
 
 
-def _activation_bytes(op: nn.Module) -> int:
-    """Bytes per pixel of what `op` emits: its output channels (an upsample conv's own, not its 4 phases) times
-    the element size (1 between int8 ops, whose float parameters are only biases and scales; else the float
-    weights'). Parameter-free ops count as 64 float32 channels."""
-    last = next((sub for sub in (getattr(op, n, None) for n in ("conv3", "conv")) if hasattr(sub, "weight")), op)
-    weight = getattr(last, "weight", None)
-    if weight is None:
-        return 64 * 4
-    channels = getattr(op, "out_channels", None) or weight.shape[0]
-    if hasattr(last, "out_dtype"):  # an int8 QConv: uint8 out, or its float out_dtype
-        return channels * (1 if last.out is not None else last.out_dtype.itemsize)
-    return channels * weight.element_size()
-
-
 def _run(chain: _Chain, bands: Iterable[torch.Tensor], fraction: float) -> Iterator[torch.Tensor]:
     """Push the input bands (each about `fraction` of the input's rows) through `chain`; yield its output bands."""
     chain.set_cap(fraction)
@@ -379,14 +366,6 @@ def stream_apply(net: FastNet, bands: Iterable[torch.Tensor], height: int, width
                           rows / mid.shape[2])
         tail = _Chain(ops[cut:], mid.shape[2], stats, mid.shape[3])
         yield from _run(tail, mid.split(rows, dim=2), rows / mid.shape[2])
-
-
-def _stage_bytes(ops: list[nn.Module], cut: int, last: int, height: int, width: int, batch: int) -> int:
-    """Bytes of the widest activation of the GroupNorm stage ops[cut:last + 1] for a height x width input."""
-    for op in ops[:cut]:
-        g = geometry(op)
-        height, width = g.out_rows(height), g.out_rows(width)  # every layer kind is square
-    return batch * height * width * max(_activation_bytes(op) for op in ops[cut:last + 1])
 
 
 def tiled_apply(net: FastNet, x: torch.Tensor, band_rows: int,
