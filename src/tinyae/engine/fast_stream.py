@@ -13,15 +13,16 @@ at L * up / down (stride-s convolution: chunk output row i reads chunk rows s*i 
 which is image output row L/s + i; upsampling by u: row u*L + i). Output rows [a, b) read input rows
 `geometry.needed(a, b - 1)`, clipped to the image; the chunk is those rows, widened to multiples of `down`.
 
-GroupNorm (taef2) needs whole-image statistics. Where the GroupNorm stage (its ops run at the lowest resolution,
-1/8 of the image per side) is small (widest activation <= STAGE_BYTES: a 2048² image's is 8 MB), it runs whole, as
-in memory, on its collected input, and only the ops after it stream: the statistics passes below would recompute
-the stage once per GroupNorm (measured: ~0.5 s of a 3.3 s tiled 2048² decode on an AMX Xeon). Otherwise one
-streamed pass per GroupNorm accumulates its statistics (float64 sums), and the last pass applies them
-(`FastBlock.forward(stats=...)`). Only the statistics are kept, not activations, where the input can be read again (a tensor given as `Bands`, or a list) and the ops before the first
-GroupNorm are cheap (no residual block: taef2's decoder, one convolution at latent resolution): every pass then
-starts from the input. Otherwise (the encoder, or a one-shot iterator of bands), as in the eager executor, the stack
-is cut before the first GroupNorm block and that stage's lowest-resolution input is kept.
+GroupNorm (taef2) needs whole-image statistics. Where the GroupNorm stage (its ops run at the lowest resolution, 1/8
+of the image per side) is small (widest activation <= STAGE_BYTES: a 2048² image's is 8 MB), it runs whole, as in
+memory, on its collected input, and only the ops after it stream: the statistics passes below would recompute the
+stage once per GroupNorm (measured: ~0.5 s of a 3.3 s tiled 2048² decode on an AMX Xeon). Otherwise one streamed
+pass per GroupNorm accumulates its statistics (float64 sums), and the last pass applies them
+(`FastBlock.forward(stats=...)`). Only the statistics are kept, not activations, where the input can be read again
+(a tensor given as `Bands`, or a list) and the ops before the first GroupNorm are cheap (no residual block: taef2's
+decoder, one convolution at latent resolution): every pass then starts from the input. Otherwise (the encoder, or a
+one-shot iterator of bands), as in the eager executor, the stack is cut before the first GroupNorm block and that
+stage's lowest-resolution input is kept.
 
 Memory: each resolution level holds its input rows for the next chunk plus one chunk's activations, a chunk being
 about CHUNK_BYTES of its widest activation (8 MiB: the in-memory strips' size, so the same rows are recomputed), so
