@@ -289,7 +289,8 @@ class AutoencoderTinyBase(ParameterFacts, nn.Module):
 
     def _tiled(self, net: nn.Module, x: torch.Tensor,
                prepare: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
-        """Run `net` in row bands (use_tiling), each band first `prepare`d; the network alone has no tiling executor (tinyae.AutoencoderTiny)."""
+        """Run `net` in row bands (use_tiling), each band first `prepare`d; the network alone has no tiling
+        executor (tinyae.AutoencoderTiny)."""
         raise NotImplementedError("tiling needs an executor: use tinyae.AutoencoderTiny")
 
     def forward(self, sample: torch.Tensor, return_dict: bool = True) -> DecoderOutput | tuple[torch.Tensor]:
