@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -150,6 +151,32 @@ def test_fast_stream_groupnorm_statistics_match_the_whole_image(taef2, astronaut
     assert (fast.encode(x).latents - taef2.encode(x).latents).abs().max() <= 1e-5
 
 
+@settings(max_examples=20, deadline=None)
+@given(batch=st.integers(1, 3), groups=st.sampled_from([1, 2, 4]), per=st.integers(1, 4), h=st.integers(2, 5),
+       w=st.integers(2, 5), offset=st.floats(-3, 3), seed=st.integers(0, 99), precision=st.sampled_from(PRECISIONS))
+def test_group_norm_with_given_statistics_is_group_norm(batch, groups, per, h, w, offset, seed, precision):
+    """FastBlock.group_norm_with (the streamed pass's GroupNorm, from whole-image statistics) applied with g's own
+    per-sample statistics equals F.group_norm of g, per sample, keeping g's dtype and channels_last."""
+    torch.manual_seed(seed)
+    c = groups * per
+    gn = nn.GroupNorm(groups, c)
+    with torch.no_grad():
+        gn.weight.uniform_(0.5, 2), gn.bias.uniform_(-1, 1)
+    dtype = torch.float32 if precision == "fp32" else torch.bfloat16
+    block = FastBlock(Block(4, 4, use_midblock_gn=True), dtype, True)
+    block.gn_weight = nn.Parameter(gn.weight.detach().clone(), requires_grad=False)  # float32, as optimize() keeps
+    block.gn_bias = nn.Parameter(gn.bias.detach().clone(), requires_grad=False)
+    block.gn_groups, block.gn_eps = groups, gn.eps
+    g = (torch.randn(batch, c, h, w) * 2 + offset).to(dtype).contiguous(memory_format=torch.channels_last)
+    parts = g.double().reshape(batch, groups, -1)
+    mean, var = parts.mean(-1), parts.var(-1, unbiased=False)
+    got = block.group_norm_with(g, mean, torch.rsqrt(var + gn.eps))
+    want = F.group_norm(g.float(), groups, gn.weight, gn.bias, gn.eps)
+    assert got.dtype == dtype and got.is_contiguous(memory_format=torch.channels_last)
+    tol = 1e-5 if precision == "fp32" else 0.02
+    assert (got.float() - want).abs().max().item() <= tol * max(1.0, want.abs().max().item())
+
+
 def test_bands_convert_band_by_band_and_read_again():
     x = torch.randn(1, 4, 7, 5)
     bands = fast_stream.Bands(x, 3, torch.bfloat16)
@@ -232,14 +259,16 @@ def test_column_tiles_compose(gn, stem, seed, band, h, w, tile, precision, tilin
 
 
 def test_wide_chunks_run_in_column_tiles(taef2):
-    """At 16384 columns the widest level's chunks are 2048-column tiles of 32 rows (8 MiB of bf16 activations),
-    as a 2048-wide image's: the same rows recomputed, the same cache footprint."""
+    """At 16384 columns the widest level's chunks are 1024-column tiles of 64 rows (8 MiB of bf16 activations),
+    the rows of a 2048-wide image's chunks: the same rows recomputed, the same cache footprint."""
     net = taef2.optimize("bf16" if "bf16" in PRECISIONS else "fp32")._part("decoder")
     chain = fast_stream._Chain(fast_stream.ops_of(net), 2048, {}, 2048)
     top = chain.streams[-1]
     elt = 2 if "bf16" in PRECISIONS else 4
-    assert top.min_rows == max(32, (8 << 20) // (16384 * 64 * elt)) and top.tile == (8 << 20) // (32 * 64 * elt)
-    assert fast_stream._Chain(fast_stream.ops_of(net), 256, {}, 256).streams[-1].tile is None  # 2048 wide: rows
+    assert fast_stream.MIN_CHUNK_ROWS == 64
+    assert top.min_rows == max(64, (8 << 20) // (16384 * 64 * elt)) and top.tile == (8 << 20) // (64 * 64 * elt)
+    narrow = fast_stream._Chain(fast_stream.ops_of(net), 256, {}, 256).streams[-1]  # 2048 wide
+    assert narrow.min_rows == 64 and (narrow.tile or 2048) * 64 * 64 * elt <= 8 << 20  # tiles only beyond 8 MiB
 
 
 def test_column_tiles_on_taef2_equal_eager(taef2, astronaut, monkeypatch):

@@ -44,7 +44,7 @@ from .sizes import _activation_bytes, _stage_bytes  # noqa: F401 (_activation_by
 
 _CL = torch.channels_last
 CHUNK_BYTES = 8 << 20  # an op's chunk: about this many bytes of its widest activation ...
-MIN_CHUNK_ROWS = 32  # ... and at least this many output rows (the recomputed context is 2 x halo rows a chunk)
+MIN_CHUNK_ROWS = 64  # ... and at least this many output rows (the recomputed context is 2 x halo rows a chunk)
 MIN_TILE_COLUMNS = 512  # wider images: a chunk runs in column tiles of CHUNK_BYTES, each at least this wide
 STATS_BYTES = 4 << 20  # the float64 slices a GroupNorm statistics pass converts at a time
 STAGE_BYTES = 32 << 20  # a GroupNorm stage whose widest activation is at most this runs whole (see stream_apply)

@@ -311,12 +311,22 @@ class FastBlock(nn.Module):
         return self.conv3(y, residual=skip, overwrite=overwrite or self.skip is not None)
 
     def group_norm_with(self, g: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor) -> torch.Tensor:
-        """GroupNorm of g with given statistics, as one per-channel scale and shift in float32 (keeps channels_last).
-        y = (g - mean) * rstd * weight + bias = g * (rstd * weight) + (bias - mean * rstd * weight)."""
+        """GroupNorm of g with given statistics, as one per-channel scale and shift computed in float32.
+        y = (g - mean) * rstd * weight + bias = g * (rstd * weight) + (bias - mean * rstd * weight).
+
+        The scale and shift run as an inference batch_norm with mean 0, variance 1 and eps 0 ((g - 0) / sqrt(1 + 0)
+        = g exactly), one sample at a time (the statistics are per sample): one pass in float32 that keeps g's
+        dtype and channels_last, where float() * scale + shift, to(dtype) took four (~19x slower in bf16)."""
         per = g.shape[1] // self.gn_groups
         scale = rstd.float().repeat_interleave(per, dim=1) * self.gn_weight.float()
         shift = self.gn_bias.float() - mean.float().repeat_interleave(per, dim=1) * scale
-        return (g.float() * scale[:, :, None, None] + shift[:, :, None, None]).to(g.dtype)
+        zero, one = torch.zeros_like(scale[0]), torch.ones_like(scale[0])
+        if g.shape[0] == 1:
+            return F.batch_norm(g, zero, one, scale[0], shift[0], False, 0.0, 0.0)
+        out = torch.empty_like(g)
+        for b in range(g.shape[0]):
+            out[b:b + 1] = F.batch_norm(g[b:b + 1], zero, one, scale[b], shift[b], False, 0.0, 0.0)
+        return out
 
 
 # Row geometry of the fused layers (tinyae.layers), derived from the layers each one computes.
