@@ -345,6 +345,7 @@ def stream_apply(net: FastNet, bands: Iterable[torch.Tensor], height: int, width
             head = _Chain(ops[:cut], height, {}, width)
             mid = _collect(_run(head, source(), fraction), head.n_out) if cut else _collect(source(), height)
             mid = mid.contiguous(memory_format=_CL)
+            del head  # this generator lives on while the tail streams: free the head's level buffers now
             for i, op in enumerate(ops[cut:last + 1]):  # whole-image GroupNorm, as FastNet.forward runs it
                 mid = op(mid, overwrite=i > 0) if isinstance(op, FastBlock) else op(mid)
             rows = max(1, math.ceil(fraction * mid.shape[2]))
@@ -361,6 +362,7 @@ def stream_apply(net: FastNet, bands: Iterable[torch.Tensor], height: int, width
         head = _Chain(ops[:cut], height, {}, width)
         mid = _collect(_run(head, source(), fraction), head.n_out) if cut else \
             _collect(source(), height).contiguous(memory_format=_CL)
+        del head
         rows = max(1, math.ceil(fraction * mid.shape[2]))
         stats = _gn_stats(ops[cut:], 0, lambda: mid.split(rows, dim=2), mid.shape[2], mid.shape[3],
                           rows / mid.shape[2])
