@@ -5,7 +5,8 @@
 
 1. streamed decode to PNG (`decode_to_png` on `optimize()`, auto precision) of a --stream-size² image: wall time and
    peak RSS, against the in-memory optimized decode at --tile-size² per pixel, measured before and after it in the
-   same run;
+   same run, and once more paused 8 times for an in-memory 2048² decode (its time without the pauses against their
+   mean: both across the same minutes);
 2. --tile-size² tiled decode and encode with `optimize()` against in-memory: time and peak RSS;
 3. the CLI (`tinyae encode` / `tinyae decode` of a folder of 512² photos, default settings) against `optimize()`
    called from Python on the same images, per image with the CLI's start-up subtracted (a 1-image run), and the
