@@ -5,7 +5,7 @@
 
 1. streamed decode to PNG (`decode_to_png` on `optimize()`, auto precision) of a --stream-size² image: wall time and
    peak RSS, against the in-memory optimized decode at --tile-size² per pixel, measured before and after it in the
-   same run, and once more paused 8 times for an in-memory 2048² decode (its time without the pauses against their
+   same run, and once more paused 8 times for an in-memory --tile-size² decode (its time without the pauses against their
    mean: both across the same minutes);
 2. --tile-size² tiled decode and encode with `optimize()` against in-memory: time and peak RSS;
 3. the CLI (`tinyae encode` / `tinyae decode` of a folder of 512² photos, default settings) against `optimize()`
@@ -60,7 +60,7 @@ def one(mode: str, size: int, weights: str, threads: int) -> dict:
     fast.decode(warm)
     fast.encode(torch.zeros(1, 3, 256, 256))
     if mode == "streamed-interleaved":
-        return _interleaved(fast, z, int(os.environ.get("BENCH_INTERLEAVE", "8")))
+        return _interleaved(fast, z, int(os.environ.get("BENCH_INTERLEAVE", "8")), int(os.environ["BENCH_REF_SIZE"]))
     base = _rss_mb()
     best = float("inf")
     for _ in range(1 if mode == "streamed-png" else int(os.environ.get("BENCH_REPEATS", "1"))):
@@ -71,15 +71,15 @@ def one(mode: str, size: int, weights: str, threads: int) -> dict:
             "model_rss_mb": base, "precision": fast.precision}
 
 
-def _interleaved(fast, z, n: int) -> dict:
-    """The streamed PNG decode of z, paused n times (evenly through its rows) for one in-memory 2048² decode each:
+def _interleaved(fast, z, n: int, ref_size: int) -> dict:
+    """The streamed PNG decode of z, paused n times (evenly through its rows) for one in-memory ref_size² decode each:
     the stream's time without the pauses against the mean of the reference decodes, both measured across the same
     minutes (a shared CPU's speed drifts by more than the target's margin during a long run)."""
     import torch
 
     from tinyae.engine import tiling
 
-    ref = torch.randn(1, 32, 256, 256).clamp_(-2.5, 2.5)
+    ref = torch.randn(1, 32, ref_size // 8, ref_size // 8).clamp_(-2.5, 2.5)
     fast.decode(ref)
     refs: list[float] = []
     write = tiling.write_png_rows
@@ -231,10 +231,11 @@ def main() -> None:
         # the reference again after the long run, and one streamed run paused for reference decodes across it: a
         # shared CPU's speed drifts by more than the target's margin during a run of minutes
         after = _child("memory-decode", args.tile_size, args)
-        i = _child("streamed-interleaved", args.stream_size, args, BENCH_SEGMENTS=args.segments[0])
-        ref_px = sum(i["reference_seconds"]) / len(i["reference_seconds"]) / 2048 ** 2
+        i = _child("streamed-interleaved", args.stream_size, args, BENCH_SEGMENTS=args.segments[0],
+                   BENCH_REF_SIZE=str(args.tile_size))
+        ref_px = sum(i["reference_seconds"]) / len(i["reference_seconds"]) / args.tile_size ** 2
         print(f"| {args.stream_size}² streamed decode to PNG, paused {len(i['reference_seconds'])} times for an "
-              f"in-memory 2048² decode | {i['seconds']:.0f} s without the pauses | in memory at 2048²: "
+              f"in-memory {args.tile_size}² decode | {i['seconds']:.0f} s without the pauses | in memory at {args.tile_size}²: "
               f"{ref_px * 1e9:.0f} ns/pixel (mean of {' / '.join(f'{t:.2f}' for t in i['reference_seconds'])} s) | "
               f"**{i['seconds'] / args.stream_size ** 2 / ref_px:.2f}x per pixel** |", flush=True)
         per_px = [m["seconds"] / args.tile_size ** 2 for m in (mem["decode"], after)]
