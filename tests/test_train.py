@@ -267,6 +267,20 @@ def test_precomputed_latents_teacher(fx, tmp_path):
     assert "psnr" in records(run, "eval")[-1] and "teacher_psnr" not in records(run, "eval")[-1]
 
 
+def test_whole_image_teacher_latents_run_repeats_and_resumes_exactly(fx, tmp_path, capsys):
+    args = ["--adversarial", "off", "--teacher-latents", "whole", "--checkpoint-every", "2"]
+    ref = tmp_path / "ref"
+    assert train_cli(fx, ref, "--max-steps", "4", *args) == 0
+    run = tmp_path / "run"
+    assert train_cli(fx, run, "--max-steps", "2", *args) == 0
+    assert train_cli(fx, run, "--max-steps", "4", *args) == 0  # resumed: a new process would rebuild the cache
+    assert losses(run) == losses(ref)
+    assert train_cli(fx, run, "--max-steps", "5", "--adversarial", "off") == 1
+    assert "--teacher-latents: the run has 'whole'" in capsys.readouterr().err
+    assert train_cli(fx, tmp_path / "bad", "--max-steps", "1", *args, "--latent-sample") == 1
+    assert "--latent-sample" in capsys.readouterr().err
+
+
 def test_diffusers_teacher_classes(tmp_path):
     """FLUX.2 (batch norm + patchify, as tinyae.latents), Sana DC-AE and Qwen-Image teachers load by class name."""
     import diffusers

@@ -182,3 +182,37 @@ def test_replay_buffer_keeps_shapes_apart_and_drops_another_crop_side():
                        buf.sample(3, torch.Size((3, 32, 8)), torch.device("cpu"))[0])
     buf.push(torch.rand(1, 3, 24, 24), torch.rand(1, 4, 3, 3))  # 576 px against 256: a new crop side
     assert len(buf.fakes) == 1 and buf.state_dict()["fakes"].shape == (1, 3, 24, 24)
+
+
+def patch_teacher(calls: list[int]):
+    """A teacher whose latents of each 8x8 patch depend on that patch alone: the window of a whole image's latents
+    is then exactly the latents of the crop, which is what `--teacher-latents whole` must hand out."""
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        calls.append(x.shape[0])
+        return torch.cat([torch.nn.functional.avg_pool2d(x, 8), torch.nn.functional.avg_pool2d(x * x, 8)[:, :1]], 1)
+    return encode
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2 ** 31), g=st.integers(0, 10 ** 6), crop=st.sampled_from([8, 16, 32, 48]),
+       flip=st.sampled_from([0.0, 0.5, 1.0]), color=st.sampled_from([0.0, 1.0]))
+def test_whole_image_latents_are_the_crops_latents(odd, seed, g, crop, flip, color):
+    calls: list[int] = []
+    d = ImageData([str(odd)], seed=seed, flip=flip, color_aug=color, encode=patch_teacher(calls))
+    x, z = d.sample(g, crop)
+    assert x.shape == (3, crop, crop) and -1 <= float(x.min()) and float(x.max()) <= 1
+    torch.testing.assert_close(z, patch_teacher([])(x[None])[0], rtol=0, atol=1e-6)
+    x2, z2 = d.sample(g, crop)  # deterministic, and from the cache
+    assert torch.equal(x, x2) and torch.equal(z, z2)
+
+
+def test_whole_image_latents_are_encoded_once_per_image_and_flip(odd):
+    calls: list[int] = []
+    d = ImageData([str(odd)], seed=1, flip=0.5, color_aug=0.0, encode=patch_teacher(calls))
+    big = [i for i, p in enumerate(d.files) if min(image_size(p)) >= 16]
+    for g in range(40 * len(d)):
+        if d.image_index(g) in big:
+            d.sample(g, 16)
+    assert len(calls) == 2 * len(big) and set(calls) == {1}  # the image and its flip, once each
+    with pytest.raises(ValueError, match="--crop-policy crop"):
+        ImageData([str(odd)], seed=1, flip=0.5, color_aug=0.0, encode=patch_teacher([]), crop_policy="buckets")

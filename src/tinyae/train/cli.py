@@ -37,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--shift-factor", type=float)
     g.add_argument("--latent-sample", action="store_true", help="teacher latents: sample the posterior "
                    "(seeded) instead of its mean")
+    g.add_argument("--teacher-latents", choices=["crop", "whole"], default=d.teacher_latents,
+                   help="crop: the teacher encodes every training crop (default); whole: every training image "
+                   "(and its flip) once, kept in memory, crops cut from its latents (a frozen teacher's work done "
+                   "once; the latents a whole image is decoded from)")
     g = p.add_argument_group("data")
     g.add_argument("--data", nargs="+", required=True, metavar="DIR", help="training image folders (recursive)")
     g.add_argument("--val", metavar="DIR", help="held-out images for evaluation")
@@ -110,6 +114,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> TrainConfig:
     return TrainConfig(
         teacher=args.teacher, student=args.student, data=args.data, val=args.val, family=args.family,
         scaling_factor=args.scaling_factor, shift_factor=args.shift_factor, latent_sample=args.latent_sample,
+        teacher_latents=args.teacher_latents,
         val_size=args.val_size, train=args.train, crop_schedule=schedule, crop_policy=args.crop_policy,
         batch_size=args.batch_size, flip=args.flip,
         color_aug=args.color_aug, seed=args.seed, lr=args.lr, betas=betas, weight_decay=args.weight_decay,

@@ -15,6 +15,7 @@ BUDGET_FIELDS = ("max_steps", "time_budget", "checkpoint_every", "checkpoint_min
                  "val_size", "device", "export_formats")
 TRAIN_PARTS = ("both", "encoder", "decoder")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+TEACHER_LATENTS = ("crop", "whole")
 
 
 @dataclass
@@ -31,6 +32,9 @@ class TrainConfig:
     scaling_factor: float | None = None
     shift_factor: float | None = None
     latent_sample: bool = False  # teacher latents: latent_dist.sample() (seeded) instead of the mean
+    # crop: the teacher encodes each training crop; whole: each training image (and its flip) once, cached, crops
+    # cut on the latent grid (as a whole image is decoded; colour-changed crops are still encoded by themselves)
+    teacher_latents: str = "crop"
     train: str = "both"  # both | encoder | decoder: the other half is frozen
     # data
     crop_schedule: list[tuple[int, int]] = field(default_factory=lambda: [(96, 0)])  # (crop px, from step)
@@ -132,6 +136,16 @@ def check(c: TrainConfig) -> None:
 
     if c.crop_policy not in CROP_POLICIES:
         raise ValueError(f"--crop-policy must be one of {', '.join(CROP_POLICIES)}, got {c.crop_policy!r}")
+    if c.teacher_latents not in TEACHER_LATENTS:
+        raise ValueError(f"--teacher-latents must be one of {', '.join(TEACHER_LATENTS)}, got {c.teacher_latents!r}")
+    if c.teacher_latents == "whole":
+        if c.latent_sample:
+            raise ValueError("--teacher-latents whole keeps one encoding per image; it cannot follow --latent-sample")
+        if c.crop_policy != "crop":
+            raise ValueError("--teacher-latents whole needs --crop-policy crop (buckets resize every sample)")
+        if c.teacher.startswith("latents:"):
+            raise ValueError("--teacher-latents whole: precomputed latents (latents:DIR) are whole-image latents "
+                             "already")
     if not c.crop_schedule or c.crop_schedule[0][1] != 0:
         raise ValueError("--crop-schedule must start at step 0, e.g. 96:0,256:20000")
     starts = [s for _, s in c.crop_schedule]

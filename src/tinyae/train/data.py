@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ from ..images import IMAGE_SUFFIXES, to_source
 
 _MIX = 0x9E3779B97F4A7C15  # golden-ratio constant: spreads (seed, index) pairs over generator seeds
 CROP_POLICIES = ("crop", "buckets")
+WHOLE_MAX_PIXELS = 2 ** 21  # --teacher-latents whole: larger images are encoded crop by crop (memory)
 ASPECTS = (1 / 4, 1 / 3, 1 / 2, 2 / 3, 3 / 4, 1.0, 4 / 3, 3 / 2, 2.0, 3.0, 4.0)  # bucket aspect ratios, w / h
 
 
@@ -64,17 +65,22 @@ class ImageData:
     """Random training crops from image folders (`crop_policy`: "crop" or "buckets", see the module docstring;
     `batch_size`: the per-rank batch, which bucket chunks are made of). `latents_for(path)` (precomputed teacher
     latents) makes crops land on the latent grid and turns flips and colour changes off (they would not match the
-    stored latents); it needs the "crop" policy (resized images would not match either)."""
+    stored latents); it needs the "crop" policy (resized images would not match either). `encode`
+    (`--teacher-latents whole`: the teacher, (B, 3, H, W) in [-1, 1] -> (B, C, H/f, W/f)) encodes each image and
+    its mirror image once, whole, and hands out crops on the latent grid with their window of those latents."""
 
     def __init__(self, folders: Sequence[str], *, seed: int, flip: float, color_aug: float, multiple: int = 8,
-                 latents_for: Any = None, cache_mb: int = 4096, crop_policy: str = "crop", batch_size: int = 1):
+                 latents_for: Any = None, cache_mb: int = 4096, crop_policy: str = "crop", batch_size: int = 1,
+                 encode: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        if encode is not None and (latents_for or crop_policy != "crop"):
+            raise ValueError("--teacher-latents whole needs an image teacher and --crop-policy crop")
         if crop_policy not in CROP_POLICIES:
             raise ValueError(f"--crop-policy must be one of {', '.join(CROP_POLICIES)}, got {crop_policy!r}")
         if crop_policy == "buckets" and latents_for:
             raise ValueError("--crop-policy buckets resizes the images, which precomputed latents (latents:DIR) "
                              "cannot follow; use --crop-policy crop")
         self.files = list_images(folders)
-        self.seed, self.multiple, self.latents_for = seed, multiple, latents_for
+        self.seed, self.multiple, self.latents_for, self.encode = seed, multiple, latents_for, encode
         self.policy, self.batch_size = crop_policy, batch_size
         self.flip, self.color_aug = (0.0, 0.0) if latents_for else (flip, color_aug)
         self._cache: dict[Path, tuple[torch.Tensor, torch.Tensor | None]] = {}
@@ -91,7 +97,14 @@ class ImageData:
     def _load(self, path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
         if path in self._cache:
             return self._cache[path]
-        item = (read_rgb(path), self.latents_for(path) if self.latents_for else None)
+        img = read_rgb(path)
+        lat = self.latents_for(path) if self.latents_for else None
+        h, w = img.shape[-2:]
+        f = self.multiple
+        if self.encode is not None and min(h, w) >= f and h * w <= WHOLE_MAX_PIXELS:
+            whole = img[None, :, :h // f * f, :w // f * f].mul(2).sub(1)
+            lat = torch.stack([self.encode(whole)[0]] + ([self.encode(whole.flip(-1))[0]] if self.flip > 0 else []))
+        item = (img, lat)
         size = item[0].numel() * 4 + (item[1].numel() * 4 if item[1] is not None else 0)
         if self._cache_bytes + size <= self._cache_limit:
             self._cache[path] = item
@@ -133,6 +146,8 @@ class ImageData:
         path = self.files[index]
         img, lat = self._load(path)
         gen = seeded(self.seed, g, 2)
+        if self.encode is not None:
+            return self._whole_sample(img, lat, crop, gen)
         h, w = img.shape[-2:]
         if lat is not None:
             f = self.multiple
@@ -153,6 +168,33 @@ class ImageData:
         if u[1] < self.color_aug:
             x = color_change(x, gen)
         return x.mul(2).sub(1), None
+
+    def _whole_sample(self, img: torch.Tensor, lat: torch.Tensor | None, crop: int, gen: torch.Generator
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`--teacher-latents whole`: a crop on the latent grid of the image (flipped: of the flipped image) and the
+        same window of the whole image's teacher latents; a colour-changed crop, or one of an image too large
+        (WHOLE_MAX_PIXELS) or too small for whole-image latents, is encoded by itself."""
+        f = self.multiple
+        h, w = img.shape[-2:]
+        fits = lat is not None and h >= crop and w >= crop
+        if fits:
+            y0 = f * int(torch.randint(0, (h // f * f - crop) // f + 1, (1,), generator=gen))
+            x0 = f * int(torch.randint(0, (w // f * f - crop) // f + 1, (1,), generator=gen))
+        else:
+            x = fit_crop(img, crop, crop, gen, cover=False)
+        u = torch.rand(2, generator=gen)
+        flip = bool(u[0] < self.flip)
+        if fits:
+            src = img[:, :h // f * f, :w // f * f]
+            x = (src.flip(-1) if flip else src)[:, y0:y0 + crop, x0:x0 + crop]
+        elif flip:
+            x = x.flip(-1)
+        if u[1] < self.color_aug:
+            x = color_change(x, gen)
+        elif fits:
+            return x.mul(2).sub(1), lat[int(flip)][:, y0 // f:(y0 + crop) // f, x0 // f:(x0 + crop) // f]
+        x = x.mul(2).sub(1)
+        return x, self.encode(x[None])[0]
 
     def batch(self, start: int, size: int, crop: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Samples start .. start+size-1 stacked: images (B, 3, h, w) in [-1, 1], latents or None. With buckets,

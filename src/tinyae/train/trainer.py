@@ -106,7 +106,8 @@ class Trainer:
         latents_for = self.teacher.latents_for if isinstance(self.teacher, LatentsTeacher) else None
         self.data = ImageData(c.data, seed=c.seed, flip=c.flip, color_aug=c.color_aug,
                               multiple=self.student.spatial_scale_factor, latents_for=latents_for,
-                              crop_policy=c.crop_policy, batch_size=c.batch_size)
+                              crop_policy=c.crop_policy, batch_size=c.batch_size,
+                              encode=self._encode_cpu if c.teacher_latents == "whole" else None)
         self.val = []
         if c.val:
             f = self.student.spatial_scale_factor
@@ -116,6 +117,10 @@ class Trainer:
                     full = latents_for(path)
                     z = full[:, y0 // f:(y0 + x.shape[-2]) // f, x0 // f:(x0 + x.shape[-1]) // f]
                 self.val.append((name, x, z))
+
+    def _encode_cpu(self, x: torch.Tensor) -> torch.Tensor:
+        """Teacher latents (float32, on the CPU, where the data live) of images (B, 3, H, W) in [-1, 1]."""
+        return self.teacher.encode(x.to(self.device)).float().cpu()
 
     def _restore(self, s: dict[str, Any]) -> None:
         self.student.load_state_dict(s["student"])
