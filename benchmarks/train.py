@@ -74,10 +74,12 @@ def main() -> int:
     p.add_argument("--minutes", type=float, nargs="+", default=[10, 30, 60], help="budgets (cumulative)")
     p.add_argument("--out", default="bench_out/train")
     p.add_argument("--runs", nargs="+", default=["decoder", "encoder"],
-                   choices=["decoder", "encoder", "mse", "warmup", "whole"],
+                   choices=["decoder", "encoder", "mse", "warmup", "whole", "colour"],
                    help="decoder (recover a decoder), encoder (distil an encoder), mse (plain-MSE decoder baseline), "
                         "warmup (recover a decoder: plain MSE until --adv-start, then the adversarial recipe), "
-                        "whole (recover a decoder: plain MSE from cached whole-image teacher latents, lr 1e-3)")
+                        "whole (recover a decoder: plain MSE from cached whole-image teacher latents, lr 1e-3), "
+                        "colour (whole, and half the crops colour-changed with any hue: most training photos are "
+                        "gray)")
     p.add_argument("--adv-start", type=int, default=2000, help="the warmup run's last MSE step (default 2000)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -110,6 +112,8 @@ def main() -> int:
                    str(args.adv_start), "--lr", "6e-4"],
         "whole": ["--teacher", f"{enc},", "--student", f"{enc},", "--train", "decoder", "--adversarial", "off",
                   "--teacher-latents", "whole", "--lr", "1e-3"],
+        "colour": ["--teacher", f"{enc},", "--student", f"{enc},", "--train", "decoder", "--adversarial", "off",
+                   "--teacher-latents", "whole", "--lr", "1e-3", "--color-aug", "0.5", "--hue", "180"],
         "encoder": ["--teacher", pair, "--student", f",{dec}", "--train", "encoder"],
     }
     results = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpu": cpu_name(),
@@ -166,13 +170,14 @@ def markdown(r: dict) -> str:
     for name, rows in r["runs"].items():
         for row in rows:
             m = row["full_images"]
-            if name in ("decoder", "mse", "warmup", "whole"):
+            if name in ("decoder", "mse", "warmup", "whole", "colour"):
                 cells = [f"{m['psnr']:.2f} ({per_photo(m, 'psnr')})", f"{m['ssim']:.4f}",
                          f"{ref['roundtrip_psnr'] - m['psnr']:.2f}", "-", "-"]
             else:
                 cells = ["-", "-", "-", f"{m['latent_psnr']:.2f}", f"{m['via_teacher_psnr']:.2f}"]
             label = {"decoder": "recover a decoder", "mse": "plain-MSE decoder", "encoder": "distil an encoder",
                      "whole": "plain-MSE decoder, whole-image teacher latents, lr 1e-3",
+                     "colour": "the same, half the crops colour-changed with any hue (--color-aug 0.5 --hue 180)",
                      "warmup": f"MSE warm-up ({r.get('adv_start')} steps), then adversarial"}[name]
             lines.append(f"| {label} | {row['minutes']:g} | {row['steps']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

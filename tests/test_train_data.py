@@ -216,3 +216,28 @@ def test_whole_image_latents_are_encoded_once_per_image_and_flip(odd):
     assert len(calls) == 2 * len(big) and set(calls) == {1}  # the image and its flip, once each
     with pytest.raises(ValueError, match="--crop-policy crop"):
         ImageData([str(odd)], seed=1, flip=0.5, color_aug=0.0, encode=patch_teacher([]), crop_policy="buckets")
+
+
+@settings(max_examples=40, deadline=None)
+@given(a=st.floats(-math.pi, math.pi), seed=st.integers(0, 2 ** 31), hue=st.floats(1, 180))
+def test_hue_rotation_keeps_luma_and_grays(a, seed, hue):
+    from tinyae.train.data import _YIQ, _hue_rotation, color_change
+
+    m = _hue_rotation(a)
+    torch.testing.assert_close(_YIQ[0] @ m, _YIQ[0], atol=1e-5, rtol=0)  # luma kept
+    torch.testing.assert_close(m @ _hue_rotation(-a), torch.eye(3), atol=1e-5, rtol=0)
+    gray = torch.rand(1, 6, 7, generator=seeded(seed)).expand(3, -1, -1)
+    plain, rotated = (color_change(gray, seeded(seed, 1), h) for h in (0.0, hue))
+    torch.testing.assert_close(rotated, plain, atol=1e-5, rtol=0)  # a gray image has no hue to turn
+    colour = torch.rand(3, 6, 7, generator=seeded(seed, 2))
+    out = color_change(colour, seeded(seed, 3), hue)
+    assert out.shape == colour.shape and 0 <= float(out.min()) and float(out.max()) <= 1
+
+
+def test_whole_image_batch_encodes_the_colour_changed_crops_together(odd):
+    calls: list[int] = []
+    d = ImageData([str(odd)], seed=2, flip=0.5, color_aug=0.5, hue=180, encode=patch_teacher(calls))
+    for start in range(0, 24, 4):
+        x, z = d.batch(start, 4, 16)
+        torch.testing.assert_close(z, patch_teacher([])(x), rtol=0, atol=1e-6)
+    assert max(calls) > 1  # a batch's crops that need their own latents went to the teacher at once

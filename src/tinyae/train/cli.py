@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--flip", type=float, default=d.flip, help=f"horizontal flip probability (default {d.flip})")
     g.add_argument("--color-aug", type=float, default=d.color_aug,
                    help=f"fraction of samples with a random colour change (default {d.color_aug})")
+    g.add_argument("--hue", type=float, default=d.hue, metavar="DEG", help="colour changes also rotate the hue "
+                   "by up to +-DEG degrees (default 0: the recipe's light change; 180: any hue, for training "
+                   "images poor in colour)")
     g.add_argument("--seed", type=int, default=d.seed)
     g = p.add_argument_group("optimisation")
     g.add_argument("--lr", type=float, default=d.lr)
@@ -117,7 +120,8 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> TrainConfig:
         teacher_latents=args.teacher_latents,
         val_size=args.val_size, train=args.train, crop_schedule=schedule, crop_policy=args.crop_policy,
         batch_size=args.batch_size, flip=args.flip,
-        color_aug=args.color_aug, seed=args.seed, lr=args.lr, betas=betas, weight_decay=args.weight_decay,
+        color_aug=args.color_aug, hue=args.hue, seed=args.seed, lr=args.lr, betas=betas,
+        weight_decay=args.weight_decay,
         grad_clip=args.grad_clip, ema=args.ema, precision=args.precision, w_latent=args.w_latent,
         w_adv=args.w_adv, w_pool=args.w_pool, w_mse=w_mse, adversarial=args.adversarial, adv_start=args.adv_start,
         disc_lr=args.disc_lr,

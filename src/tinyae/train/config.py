@@ -43,6 +43,7 @@ class TrainConfig:
     batch_size: int = 16
     flip: float = 0.5  # probability of a horizontal flip
     color_aug: float = 0.08  # fraction of samples with a random colour change (saturation, gain, brightness)
+    hue: float = 0.0  # colour changes also rotate the hue by up to +-hue degrees (0: the recipe's light change)
     seed: int = 0
     # optimisation
     lr: float = 3e-4
@@ -167,6 +168,8 @@ def check(c: TrainConfig) -> None:
     for name in ("w_latent", "w_adv", "w_pool", "w_mse", "weight_decay", "grad_clip"):
         if getattr(c, name) < 0:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(c, name)}")
+    if not 0 <= c.hue <= 180:
+        raise ValueError(f"--hue must be in [0, 180] degrees, got {c.hue}")
     if c.adv_start < 0:
         raise ValueError(f"--adv-start must be >= 0 steps, got {c.adv_start}")
     if c.replay_size < 1:

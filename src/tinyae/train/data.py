@@ -71,7 +71,7 @@ class ImageData:
 
     def __init__(self, folders: Sequence[str], *, seed: int, flip: float, color_aug: float, multiple: int = 8,
                  latents_for: Any = None, cache_mb: int = 4096, crop_policy: str = "crop", batch_size: int = 1,
-                 encode: Callable[[torch.Tensor], torch.Tensor] | None = None):
+                 encode: Callable[[torch.Tensor], torch.Tensor] | None = None, hue: float = 0.0):
         if encode is not None and (latents_for or crop_policy != "crop"):
             raise ValueError("--teacher-latents whole needs an image teacher and --crop-policy crop")
         if crop_policy not in CROP_POLICIES:
@@ -80,7 +80,7 @@ class ImageData:
             raise ValueError("--crop-policy buckets resizes the images, which precomputed latents (latents:DIR) "
                              "cannot follow; use --crop-policy crop")
         self.files = list_images(folders)
-        self.seed, self.multiple, self.latents_for, self.encode = seed, multiple, latents_for, encode
+        self.seed, self.multiple, self.latents_for, self.encode, self.hue = seed, multiple, latents_for, encode, hue
         self.policy, self.batch_size = crop_policy, batch_size
         self.flip, self.color_aug = (0.0, 0.0) if latents_for else (flip, color_aug)
         self._cache: dict[Path, tuple[torch.Tensor, torch.Tensor | None]] = {}
@@ -141,7 +141,13 @@ class ImageData:
 
     def sample(self, g: int, crop: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Sample number g: a (3, h, w) image in [-1, 1] ((crop, crop), or its bucket's shape) and its
-        (C, h/f, w/f) latents (or None)."""
+        (C, h/f, w/f) latents (or None: the trainer's teacher encodes the batch)."""
+        x, z = self._sample(g, crop)
+        if z is None and self.encode is not None:
+            z = self.encode(x[None])[0]
+        return x, z
+
+    def _sample(self, g: int, crop: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         index = self.image_index(g)
         path = self.files[index]
         img, lat = self._load(path)
@@ -166,7 +172,7 @@ class ImageData:
         if u[0] < self.flip:
             x = x.flip(-1)
         if u[1] < self.color_aug:
-            x = color_change(x, gen)
+            x = color_change(x, gen, self.hue)
         return x.mul(2).sub(1), None
 
     def _whole_sample(self, img: torch.Tensor, lat: torch.Tensor | None, crop: int, gen: torch.Generator
@@ -190,17 +196,21 @@ class ImageData:
         elif flip:
             x = x.flip(-1)
         if u[1] < self.color_aug:
-            x = color_change(x, gen)
+            x = color_change(x, gen, self.hue)
         elif fits:
             return x.mul(2).sub(1), lat[int(flip)][:, y0 // f:(y0 + crop) // f, x0 // f:(x0 + crop) // f]
-        x = x.mul(2).sub(1)
-        return x, self.encode(x[None])[0]
+        return x.mul(2).sub(1), None  # to be encoded by itself (batch: together with the batch's others)
 
     def batch(self, start: int, size: int, crop: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Samples start .. start+size-1 stacked: images (B, 3, h, w) in [-1, 1], latents or None. With buckets,
         a batch is one bucket when start is a multiple of batch_size and size is batch_size (as the trainer reads)."""
-        items = [self.sample(g, crop) for g in range(start, start + size)]
+        items = [self._sample(g, crop) for g in range(start, start + size)]
         x = torch.stack([i[0] for i in items])
+        if self.encode is not None:  # whole-image latents; the crops that need their own, encoded together
+            todo = [k for k, i in enumerate(items) if i[1] is None]
+            if todo:
+                for k, zk in zip(todo, self.encode(x[todo])):
+                    items[k] = (items[k][0], zk)
         z = torch.stack([i[1] for i in items]) if items[0][1] is not None else None
         return x, z
 
@@ -251,14 +261,28 @@ def fit_crop(img: torch.Tensor, th: int, tw: int, gen: torch.Generator, cover: b
     return x
 
 
-def color_change(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def color_change(x: torch.Tensor, gen: torch.Generator, hue: float = 0.0) -> torch.Tensor:
     """A light random colour change of a (3, H, W) image in [0, 1]: saturation x0.6-1.4, per-channel gain
-    x0.9-1.1, brightness +-0.05; clamped to [0, 1]."""
+    x0.9-1.1, brightness +-0.05; with `hue` > 0 (degrees) first a hue rotation by up to +-hue (the chroma of
+    YIQ rotated, luma kept); clamped to [0, 1]."""
     r = torch.rand(5, generator=gen)
+    if hue > 0:
+        a = math.radians(hue) * (2 * float(torch.rand(1, generator=gen)) - 1)
+        x = torch.einsum("ij,jhw->ihw", _hue_rotation(a), x)
     gray = (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2])[None]
     sat = 0.6 + 0.8 * r[0]
     gain = (0.9 + 0.2 * r[1:4]).view(3, 1, 1)
     return ((gray + (x - gray) * sat) * gain + (r[4] - 0.5) * 0.1).clamp(0, 1)
+
+
+_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.5959, -0.2746, -0.3213], [0.2115, -0.5227, 0.3112]])
+
+
+def _hue_rotation(a: float) -> torch.Tensor:
+    """RGB -> RGB: to YIQ, rotate (I, Q) by a radians, back."""
+    c, s = math.cos(a), math.sin(a)
+    rot = torch.tensor([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
+    return torch.linalg.inv(_YIQ) @ rot @ _YIQ
 
 
 def val_images(folder: str, size: int, multiple: int, what: str = "--val"
