@@ -177,7 +177,8 @@ def markdown(r: dict) -> str:
                 cells = ["-", "-", "-", f"{m['latent_psnr']:.2f}", f"{m['via_teacher_psnr']:.2f}"]
             label = {"decoder": "recover a decoder", "mse": "plain-MSE decoder", "encoder": "distil an encoder",
                      "whole": "plain-MSE decoder, whole-image teacher latents, lr 1e-3",
-                     "colour": "the same, half the crops colour-changed with any hue (--color-aug 0.5 --hue 180)",
+                     "colour": "plain-MSE decoder, whole-image teacher latents, lr 1e-3, half the crops colour-changed "
+                               "with any hue",
                      "warmup": f"MSE warm-up ({r.get('adv_start')} steps), then adversarial"}[name]
             lines.append(f"| {label} | {row['minutes']:g} | {row['steps']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
