@@ -52,7 +52,7 @@ def one(mode: str, size: int, weights: str, threads: int) -> dict:
 
     fast_stream.SEGMENTS = os.environ.get("BENCH_SEGMENTS", fast_stream.SEGMENTS)  # --segments, for this child
     fast_stream.CHUNK_BYTES = int(os.environ.get("BENCH_CHUNK_BYTES", fast_stream.CHUNK_BYTES))  # --chunk-mb
-    fast_stream.STAGE_BYTES = int(os.environ.get("BENCH_STAGE_BYTES", fast_stream.STAGE_BYTES))  # a probe's
+    fast_stream.STAGE_BYTES = int(os.environ.get("BENCH_STAGE_BYTES", fast_stream.STAGE_BYTES))  # memory probes
     fast = _model(weights, threads).optimize()
     torch.manual_seed(0)
     z = torch.randn(1, 32, size // 8, size // 8).clamp_(-2.5, 2.5)  # in place: no second whole-size copy

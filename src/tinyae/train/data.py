@@ -276,13 +276,14 @@ def color_change(x: torch.Tensor, gen: torch.Generator, hue: float = 0.0) -> tor
 
 
 _YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.5959, -0.2746, -0.3213], [0.2115, -0.5227, 0.3112]])
+_YIQ_INV = torch.linalg.inv(_YIQ)
 
 
 def _hue_rotation(a: float) -> torch.Tensor:
     """RGB -> RGB: to YIQ, rotate (I, Q) by a radians, back."""
     c, s = math.cos(a), math.sin(a)
     rot = torch.tensor([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
-    return torch.linalg.inv(_YIQ) @ rot @ _YIQ
+    return _YIQ_INV @ rot @ _YIQ
 
 
 def val_images(folder: str, size: int, multiple: int, what: str = "--val"
