@@ -250,6 +250,10 @@ def test_bad_settings_are_one_line_errors(fx, tmp_path, capsys):
     assert "32 latent channels" in capsys.readouterr().err
     assert train_cli(fx, tmp_path / "r") == 1
     assert "--max-steps" in capsys.readouterr().err
+    assert train_cli(fx, tmp_path / "r", "--max-steps", "1", "--tint", "1.5") == 1
+    assert "--tint must be in [0, 1], got 1.5" in capsys.readouterr().err
+    assert train_cli(fx, tmp_path / "r", "--max-steps", "1", "--tint", "0.5", teacher=f"latents:{tmp_path}") == 1
+    assert "precomputed latents (latents:DIR) cannot follow" in capsys.readouterr().err
 
 
 def test_precomputed_latents_teacher(fx, tmp_path):

@@ -241,3 +241,43 @@ def test_whole_image_batch_encodes_the_colour_changed_crops_together(odd):
         x, z = d.batch(start, 4, 16)
         torch.testing.assert_close(z, patch_teacher([])(x), rtol=0, atol=1e-6)
     assert max(calls) > 1  # a batch's crops that need their own latents went to the teacher at once
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2 ** 31), g=st.integers(0, 10 ** 6), crop=st.sampled_from([8, 16, 32]),
+       whole=st.booleans(), color=st.sampled_from([0.0, 1.0]))
+def test_tint_colours_gray_crops_only_keeping_their_luma(odd, seed, g, crop, whole, color):
+    """--tint: a gray crop gets colour, its luma kept where no channel was clipped, and (whole-image latents) is
+    encoded by itself; a colour crop, and every other draw (crop window, flip, colour change), stays as without."""
+    from tinyae.train.data import _YIQ
+
+    def data(tint: float, color_aug: float = color) -> ImageData:
+        return ImageData([str(odd)], seed=seed, flip=0.5, color_aug=color_aug, tint=tint,
+                         encode=patch_teacher([]) if whole else None)
+
+    (x0, _), (x1, z1) = data(0.0).sample(g, crop), data(1.0).sample(g, crop)
+    if whole:
+        torch.testing.assert_close(z1, patch_teacher([])(x1[None])[0], rtol=0, atol=1e-6)
+    assert x1.shape == x0.shape and -1 <= float(x1.min()) and float(x1.max()) <= 1
+    plain = data(0.0, 0.0).sample(g, crop)[0]  # the same window and flip, no colour change
+    gray = bool((plain[0] == plain[1]).all() and (plain[1] == plain[2]).all())
+    if not gray:
+        assert torch.equal(x1, x0)
+        return
+    if color:
+        return  # the colour change of a tinted crop: in range, checked above
+    inside = ((x1 > -1) & (x1 < 1)).all(0)
+    torch.testing.assert_close(torch.einsum("c,chw->hw", _YIQ[0], x1)[inside], x0[0][inside], atol=1e-5, rtol=0)
+    mid = inside & (x0[0].abs() < 0.9)
+    if mid.any():
+        assert float((x1[0] - x1[2])[mid].abs().max()) > 0  # coloured
+
+
+def test_tint_leaves_black_and_white_alone_and_is_seeded():
+    from tinyae.train.data import tint
+
+    x = torch.tensor([0.0, 1.0]).repeat_interleave(8).view(1, 4, 4).expand(3, -1, -1)
+    assert torch.equal(tint(x, seeded(5)), x)  # no chroma at black and white (4 Y (1 - Y) = 0)
+    y = torch.linspace(0.1, 0.9, 64).view(1, 8, 8).expand(3, -1, -1)
+    assert torch.equal(tint(y, seeded(5)), tint(y, seeded(5)))
+    assert not torch.equal(tint(y, seeded(5)), tint(y, seeded(6)))

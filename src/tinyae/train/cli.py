@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--hue", type=float, default=d.hue, metavar="DEG", help="colour changes also rotate the hue "
                    "by up to +-DEG degrees (default 0: the recipe's light change; 180: any hue, for training "
                    "images poor in colour)")
+    g.add_argument("--tint", type=float, default=d.tint, metavar="P", help="fraction of gray crops given a random "
+                   "smooth colour, encoded by the teacher as they are (default 0; for training images mostly gray)")
     g.add_argument("--seed", type=int, default=d.seed)
     g = p.add_argument_group("optimisation")
     g.add_argument("--lr", type=float, default=d.lr)
@@ -120,7 +122,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> TrainConfig:
         teacher_latents=args.teacher_latents,
         val_size=args.val_size, train=args.train, crop_schedule=schedule, crop_policy=args.crop_policy,
         batch_size=args.batch_size, flip=args.flip,
-        color_aug=args.color_aug, hue=args.hue, seed=args.seed, lr=args.lr, betas=betas,
+        color_aug=args.color_aug, hue=args.hue, tint=args.tint, seed=args.seed, lr=args.lr, betas=betas,
         weight_decay=args.weight_decay,
         grad_clip=args.grad_clip, ema=args.ema, precision=args.precision, w_latent=args.w_latent,
         w_adv=args.w_adv, w_pool=args.w_pool, w_mse=w_mse, adversarial=args.adversarial, adv_start=args.adv_start,

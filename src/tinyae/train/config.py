@@ -44,6 +44,7 @@ class TrainConfig:
     flip: float = 0.5  # probability of a horizontal flip
     color_aug: float = 0.08  # fraction of samples with a random colour change (saturation, gain, brightness)
     hue: float = 0.0  # colour changes also rotate the hue by up to +-hue degrees (0: the recipe's light change)
+    tint: float = 0.0  # fraction of gray crops given a random smooth colour (data.tint; for sets poor in colour)
     seed: int = 0
     # optimisation
     lr: float = 3e-4
@@ -147,6 +148,8 @@ def check(c: TrainConfig) -> None:
         if c.teacher.startswith("latents:"):
             raise ValueError("--teacher-latents whole: precomputed latents (latents:DIR) are whole-image latents "
                              "already")
+    if c.tint > 0 and c.teacher.startswith("latents:"):
+        raise ValueError("--tint changes the crops' colours, which precomputed latents (latents:DIR) cannot follow")
     if not c.crop_schedule or c.crop_schedule[0][1] != 0:
         raise ValueError("--crop-schedule must start at step 0, e.g. 96:0,256:20000")
     starts = [s for _, s in c.crop_schedule]
@@ -161,7 +164,7 @@ def check(c: TrainConfig) -> None:
     for name, v in positive.items():
         if not v > 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {v}")
-    for name in ("flip", "color_aug", "ema"):
+    for name in ("flip", "color_aug", "tint", "ema"):
         v = getattr(c, name)
         if not 0 <= v <= 1:
             raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1], got {v}")

@@ -71,7 +71,8 @@ class ImageData:
 
     def __init__(self, folders: Sequence[str], *, seed: int, flip: float, color_aug: float, multiple: int = 8,
                  latents_for: Any = None, cache_mb: int = 4096, crop_policy: str = "crop", batch_size: int = 1,
-                 encode: Callable[[torch.Tensor], torch.Tensor] | None = None, hue: float = 0.0):
+                 encode: Callable[[torch.Tensor], torch.Tensor] | None = None, hue: float = 0.0,
+                 tint: float = 0.0):
         if encode is not None and (latents_for or crop_policy != "crop"):
             raise ValueError("--teacher-latents whole needs an image teacher and --crop-policy crop")
         if crop_policy not in CROP_POLICIES:
@@ -83,6 +84,7 @@ class ImageData:
         self.seed, self.multiple, self.latents_for, self.encode, self.hue = seed, multiple, latents_for, encode, hue
         self.policy, self.batch_size = crop_policy, batch_size
         self.flip, self.color_aug = (0.0, 0.0) if latents_for else (flip, color_aug)
+        self.tint = 0.0 if latents_for else tint
         self._cache: dict[Path, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._cache_bytes, self._cache_limit = 0, cache_mb * 2 ** 20
         self.buckets: list[int] = []
@@ -153,7 +155,7 @@ class ImageData:
         img, lat = self._load(path)
         gen = seeded(self.seed, g, 2)
         if self.encode is not None:
-            return self._whole_sample(img, lat, crop, gen)
+            return self._whole_sample(img, lat, crop, gen, g)
         h, w = img.shape[-2:]
         if lat is not None:
             f = self.multiple
@@ -171,15 +173,24 @@ class ImageData:
         u = torch.rand(2, generator=gen)
         if u[0] < self.flip:
             x = x.flip(-1)
+        x = self._tinted(x, g)
         if u[1] < self.color_aug:
             x = color_change(x, gen, self.hue)
         return x.mul(2).sub(1), None
 
-    def _whole_sample(self, img: torch.Tensor, lat: torch.Tensor | None, crop: int, gen: torch.Generator
+    def _tinted(self, x: torch.Tensor, g: int) -> torch.Tensor:
+        """`tint`: a gray crop (all channels equal) of sample g given a random smooth colour (see `tint`) with
+        probability self.tint; other crops unchanged. Its own generator: the other draws stay as without it."""
+        if self.tint <= 0 or not (torch.equal(x[0], x[1]) and torch.equal(x[1], x[2])):
+            return x
+        gen = seeded(self.seed, g, 3)
+        return tint(x, gen) if float(torch.rand(1, generator=gen)) < self.tint else x
+
+    def _whole_sample(self, img: torch.Tensor, lat: torch.Tensor | None, crop: int, gen: torch.Generator, g: int
                       ) -> tuple[torch.Tensor, torch.Tensor]:
         """`--teacher-latents whole`: a crop on the latent grid of the image (flipped: of the flipped image) and the
-        same window of the whole image's teacher latents; a colour-changed crop, or one of an image too large
-        (WHOLE_MAX_PIXELS) or too small for whole-image latents, is encoded by itself."""
+        same window of the whole image's teacher latents; a colour-changed or tinted crop, or one of an image too
+        large (WHOLE_MAX_PIXELS) or too small for whole-image latents, is encoded by itself."""
         f = self.multiple
         h, w = img.shape[-2:]
         fits = lat is not None and h >= crop and w >= crop
@@ -195,9 +206,10 @@ class ImageData:
             x = (src.flip(-1) if flip else src)[:, y0:y0 + crop, x0:x0 + crop]
         elif flip:
             x = x.flip(-1)
-        if u[1] < self.color_aug:
-            x = color_change(x, gen, self.hue)
-        elif fits:
+        tinted = self._tinted(x, g)
+        plain = tinted is x and not u[1] < self.color_aug
+        x = color_change(tinted, gen, self.hue) if u[1] < self.color_aug else tinted
+        if fits and plain:
             return x.mul(2).sub(1), lat[int(flip)][:, y0 // f:(y0 + crop) // f, x0 // f:(x0 + crop) // f]
         return x.mul(2).sub(1), None  # to be encoded by itself (batch: together with the batch's others)
 
@@ -273,6 +285,20 @@ def color_change(x: torch.Tensor, gen: torch.Generator, hue: float = 0.0) -> tor
     sat = 0.6 + 0.8 * r[0]
     gain = (0.9 + 0.2 * r[1:4]).view(3, 1, 1)
     return ((gray + (x - gray) * sat) * gain + (r[4] - 0.5) * 0.1).clamp(0, 1)
+
+
+def tint(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """A gray (3, H, W) image in [0, 1] given a random smooth colour: its luma kept, the chroma (YIQ's I and Q)
+    a random constant plus a random field on a coarse grid (2-6 cells a side), bicubic upsampled, scaled by
+    4 Y (1 - Y) (as in photos: little colour near black and white); I, Q mostly within +-0.3; clamped to [0, 1].
+    For training sets poor in colour: the teacher encodes the tinted crop, so the target stays exact."""
+    h, w = x.shape[-2:]
+    cells = int(torch.randint(2, 7, (1,), generator=gen))
+    r = torch.rand(3, generator=gen)
+    field = torch.randn(1, 2, cells, cells, generator=gen) * (0.05 + 0.15 * r[0])
+    field = F.interpolate(field, size=(h, w), mode="bicubic", align_corners=False)[0]
+    chroma = (field + (r[1:].view(2, 1, 1) - 0.5) * 0.3) * (4 * x[:1] * (1 - x[:1]))
+    return torch.einsum("ij,jhw->ihw", _YIQ_INV, torch.cat([x[:1], chroma])).clamp(0, 1)
 
 
 _YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.5959, -0.2746, -0.3213], [0.2115, -0.5227, 0.3112]])

@@ -104,7 +104,7 @@ class Trainer:
             if self.adv is not None:
                 self.adv.net = nn.parallel.DistributedDataParallel(self.adv.disc, device_ids=ids)
         latents_for = self.teacher.latents_for if isinstance(self.teacher, LatentsTeacher) else None
-        self.data = ImageData(c.data, seed=c.seed, flip=c.flip, color_aug=c.color_aug, hue=c.hue,
+        self.data = ImageData(c.data, seed=c.seed, flip=c.flip, color_aug=c.color_aug, hue=c.hue, tint=c.tint,
                               multiple=self.student.spatial_scale_factor, latents_for=latents_for,
                               crop_policy=c.crop_policy, batch_size=c.batch_size,
                               encode=self._encode_cpu if c.teacher_latents == "whole" else None)
