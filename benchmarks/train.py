@@ -74,12 +74,13 @@ def main() -> int:
     p.add_argument("--minutes", type=float, nargs="+", default=[10, 30, 60], help="budgets (cumulative)")
     p.add_argument("--out", default="bench_out/train")
     p.add_argument("--runs", nargs="+", default=["decoder", "encoder"],
-                   choices=["decoder", "encoder", "mse", "warmup", "whole", "colour", "tint"],
+                   choices=["decoder", "encoder", "mse", "warmup", "whole", "colour", "tint", "encoder-tint"],
                    help="decoder (recover a decoder), encoder (distil an encoder), mse (plain-MSE decoder baseline), "
                         "warmup (recover a decoder: plain MSE until --adv-start, then the adversarial recipe), "
                         "whole (recover a decoder: plain MSE from cached whole-image teacher latents, lr 1e-3), "
                         "colour (whole, and half the crops colour-changed with any hue: most training photos are "
-                        "gray), tint (colour, and half the gray crops given a random smooth colour)")
+                        "gray), tint (colour, and half the gray crops given a random smooth colour), encoder-tint "
+                        "(encoder, and half the gray crops tinted)")
     p.add_argument("--adv-start", type=int, default=2000, help="the warmup run's last MSE step (default 2000)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -116,6 +117,7 @@ def main() -> int:
     }
     runs["colour"] = [*runs["whole"], "--color-aug", "0.5", "--hue", "180"]
     runs["tint"] = [*runs["colour"], "--tint", "0.5"]
+    runs["encoder-tint"] = [*runs["encoder"], "--tint", "0.5"]
     results = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpu": cpu_name(),
                "device": args.device, "threads": torch.get_num_threads(), "batch_size": args.batch_size,
                "crop_schedule": args.crop_schedule, "adv_start": args.adv_start, "held_out": list(HELD_OUT),
@@ -170,7 +172,7 @@ def markdown(r: dict) -> str:
     for name, rows in r["runs"].items():
         for row in rows:
             m = row["full_images"]
-            if name != "encoder":  # the decoder runs
+            if not name.startswith("encoder"):  # the decoder runs
                 cells = [f"{m['psnr']:.2f} ({per_photo(m, 'psnr')})", f"{m['ssim']:.4f}",
                          f"{ref['roundtrip_psnr'] - m['psnr']:.2f}", "-", "-"]
             else:
@@ -180,6 +182,7 @@ def markdown(r: dict) -> str:
                      "colour": "plain-MSE decoder, whole-image teacher latents, lr 1e-3, half the crops colour-changed "
                                "with any hue",
                      "tint": "the same, and half the gray crops tinted (`--tint 0.5`)",
+                     "encoder-tint": "distil an encoder, half the gray crops tinted (`--tint 0.5`)",
                      "warmup": f"MSE warm-up ({r.get('adv_start')} steps), then adversarial"}[name]
             lines.append(f"| {label} | {row['minutes']:g} | {row['steps']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
