@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tinyae import AutoencoderTiny, AutoencoderTinyOutput, DecoderOutput, TinyConfig, scale_latents, unscale_latents
+from tinyae.nets.variants import variant_config
 
 
 def test_outputs_index_like_tuples():
@@ -69,3 +71,19 @@ def test_dtype_device_and_to():
     assert m.dtype == torch.bfloat16
     z = torch.randn(1, 4, 2, 2, dtype=torch.float64)
     assert m.decode(z).sample.dtype == torch.float64  # the caller's dtype comes back
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_on_the_cpu_runs_channels_last_and_returns_contiguous(dtype):
+    """Half precision runs in channels_last on the CPU (PyTorch's NCHW half kernels are a slow fallback where oneDNN
+    has none): the same dtype arithmetic as NCHW, whatever the input's strides, returned contiguous."""
+    torch.manual_seed(0)
+    model = AutoencoderTiny(**variant_config("taesd")).eval().to(dtype)
+    hwc = torch.rand(24, 40, 3) * 2 - 1  # a photo as read: HWC, permuted and cropped (a degenerate batch stride)
+    x = hwc.permute(2, 0, 1)[None, :, :16, :24].to(dtype)
+    with torch.no_grad():
+        z = model.encode(x).latents
+        y = model.decode(z).sample
+        z_nchw = model.encoder(x.add(1).div(2).contiguous())  # the eager network itself, NCHW
+    assert z.dtype == y.dtype == dtype and z.is_contiguous() and y.is_contiguous()
+    assert (z.float() - z_nchw.float()).abs().max() <= 2e-2 * z_nchw.float().abs().max()

@@ -3,7 +3,9 @@ machinery (no timings asserted)."""
 
 from __future__ import annotations
 
+import copy
 import json
+from typing import Callable
 
 import onnx
 import pytest
@@ -36,15 +38,26 @@ def test_cli_export_writes_checked_graphs_with_opset_17(onnx_dir, capsys):
     assert json.loads((onnx_dir / "config.json").read_text())["latent_channels"] == 32
 
 
+def _same_function(got: torch.Tensor, eager: torch.Tensor, exact: Callable[[], torch.Tensor], tol: float) -> bool:
+    """Within tol of eager float32, or else at least as close as eager to the float64 evaluation `exact()`: on an
+    AVX2-only AMD EPYC eager's own rounding reaches 9e-5 on astronaut's latents (onnxruntime: 4.9e-5)."""
+    if (got - eager).abs().max() <= tol:
+        return True
+    ref = exact()
+    return bool((got.double() - ref).abs().max() <= (eager.double() - ref).abs().max())
+
+
 def test_onnxruntime_matches_torch_on_real_photos(taef2, onnx_dir):
     backend = load_backend(onnx_dir, "onnxruntime")
+    exact = copy.deepcopy(taef2).double()
     with torch.inference_mode():
         for path in PHOTOS:  # 512x512, 600x400, 451x300 -> dynamic height and width
             x = load_photo(path)
             z = taef2.encode(x).latents
-            assert (backend.encode(x).latents - z).abs().max() <= 1e-4
+            assert _same_function(backend.encode(x).latents, z, lambda: exact.encode(x.double()).latents, 1e-4)
             y = backend.decode(z).sample
-            assert y.shape == x.shape and (y - taef2.decode(z).sample).abs().max() <= 1e-4
+            assert y.shape == x.shape
+            assert _same_function(y, taef2.decode(z).sample, lambda: exact.decode(z.double()).sample, 1e-4)
 
 
 def test_backend_keeps_dtype_and_checks_inputs(onnx_dir):

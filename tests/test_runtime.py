@@ -23,7 +23,9 @@ from tinyae.nets.variants import variant_config
 
 PRECISIONS = ["fp32"] + (["bf16"] if torch.ops.mkldnn._is_mkldnn_bf16_supported() else [])
 
-MODES = ["fp32", "bf16"] + (["fp16"] if torch.ops.mkldnn._is_mkldnn_fp16_supported() else [])
+MODES = PRECISIONS + (["fp16"] if torch.ops.mkldnn._is_mkldnn_fp16_supported() else [])
+# The narrowest precision this CPU computes: bf16 with AVX512 (AVX2-only CPUs refuse it, see test_bf16_needs_avx512)
+NARROW = PRECISIONS[-1]
 
 
 @pytest.fixture(scope="module")
@@ -43,11 +45,17 @@ def fast32(taef2):
     return optimize(taef2, "fp32")
 
 
-def test_fp32_decode_within_1e5_of_eager(fast32, references):
+def test_fp32_decode_within_1e5_of_eager(taef2, fast32, references):
+    """Within 1e-5 of eager, or else at least as close as eager to a float64 evaluation: on an AVX2-only AMD EPYC
+    eager's own float32 rounding reaches 1.14e-5 on astronaut (the optimized decode: 6.8e-6)."""
     assert fast32.precision == "fp32" and fast32.dtype == torch.float32
+    exact = copy.deepcopy(taef2).double()
     with torch.inference_mode():
         for _, z, ref in references:
-            assert (fast32.decode(z).sample - ref).abs().max() <= 1e-5
+            y = fast32.decode(z).sample
+            if (y - ref).abs().max() > 1e-5:
+                y64 = exact.decode(z.double()).sample
+                assert (y.double() - y64).abs().max() <= (ref.double() - y64).abs().max()
 
 
 def test_fp32_encode_is_eager_up_to_float32_rounding(taef2, fast32, astronaut):
@@ -83,9 +91,32 @@ def test_auto_precision_follows_the_cpu(taef2):
     assert resolve_precision("auto", "cuda") == torch.float16
 
 
+def test_bf16_needs_avx512(taef2):
+    """bf16 runs where oneDNN has bf16 kernels (AVX512; fast with AVX512-BF16/AMX); elsewhere one clear error."""
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        assert optimize(taef2, "bf16").precision == "bf16"
+    else:
+        with pytest.raises(ValueError, match="precision='bf16' needs a CPU with AVX512"):
+            optimize(taef2, "bf16")
+
+
+def test_int8_needs_vnni(taef2, astronaut):
+    """int8 runs where the CPU has int8 dot products (tests/test_quant.py gates its quality there); elsewhere it is
+    refused, not computed with saturating int16 sums (AVX2 without VNNI)."""
+    from tinyae.engine.calibration import int8_in_hardware
+
+    crop = astronaut[..., :64, :64]
+    if int8_in_hardware():
+        assert optimize(taef2, "int8", calibration=[crop]).precision == "int8"
+    else:
+        with pytest.raises(ValueError, match="int8 needs a CPU with int8 dot products"):
+            optimize(taef2, "int8", calibration=[crop])
+        assert optimize(taef2).precision in ("fp32", "bf16")  # "auto" never picks int8 here
+
+
 def test_callers_keep_their_dtype_and_the_original_is_unchanged(taef2, astronaut):
     before = {k: v.clone() for k, v in taef2.state_dict().items()}
-    fast = taef2.optimize("bf16")
+    fast = taef2.optimize(NARROW)
     assert isinstance(fast, OptimizedAutoencoderTiny) and taef2.dtype == torch.float32
     x = astronaut[:, :, :64, :64]
     with torch.inference_mode():
@@ -105,7 +136,7 @@ def test_save_pretrained_writes_the_original_weights(tmp_path):
     fast.save_pretrained(tmp_path)
     again = AutoencoderTiny.from_pretrained(tmp_path)
     assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), model.state_dict().values()))
-    assert fast.optimize("bf16").precision == "bf16"
+    assert fast.optimize(NARROW).precision == NARROW
 
 
 @pytest.mark.parametrize("variant", ["taesd", "taesana"])
@@ -204,8 +235,8 @@ def test_stem_equals_input_conv_then_block(cin, n, h, w, batch, fused, seed):
 
 def test_stem_is_used_where_it_pays(taef2):
     """taef2/taesd encoders start with conv(3, 64) + Block(64): fused. taesana's strided stem is not."""
-    assert isinstance(optimize(taef2, "bf16").encoder.ops[0], kernels.FastStem)
-    assert not isinstance(optimize(taef2, "bf16", rewrite=False).encoder.ops[0], kernels.FastStem)
+    assert isinstance(optimize(taef2, NARROW).encoder.ops[0], kernels.FastStem)
+    assert not isinstance(optimize(taef2, NARROW, rewrite=False).encoder.ops[0], kernels.FastStem)
     sana = AutoencoderTiny(**variant_config("taesana")).eval()
     assert not any(isinstance(op, kernels.FastStem) for op in optimize(sana, "fp32").encoder.ops)
 
@@ -246,7 +277,7 @@ def test_errors_are_clear(taef2, astronaut):
         fast.enable_gradient_checkpointing()
     with pytest.raises(ValueError, match="channels"):  # the model's own input checks still apply
         fast.decode(torch.zeros(1, 4, 8, 8))
-    fast16 = optimize(taef2, "bf16")
+    fast16 = optimize(taef2, NARROW)
     for dtype in (torch.float32, torch.float16, torch.float64):  # NaN/Inf found before or after the bf16 cast
         for bad in (float("nan"), float("inf")):
             x = astronaut[:, :, :64, :64].clone().to(dtype)

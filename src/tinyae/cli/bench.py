@@ -92,7 +92,7 @@ def run_bench(model: AutoencoderTiny, sizes: Sequence[int], repeats: int, warmup
     timed call follows an untimed call of the same operation (warm caches and allocator, as in steady use), or
     with `cold` follows the other contestants' calls directly."""
     from ..engine.backends import load_backend
-    from ..engine import quant
+    from ..engine.calibration import int8_in_hardware
     from ..engine.optimize import optimize
 
     dev = torch.device(device)
@@ -105,7 +105,7 @@ def run_bench(model: AutoencoderTiny, sizes: Sequence[int], repeats: int, warmup
                  if cuda else
                  ["diffusers fp32", "tinyae fp32", "tinyae optimized fp32", "tinyae optimized", "onnxruntime fp32",
                   *(["openvino fp32", "openvino bf16"] if _has("openvino") else []),
-                  *(["tinyae optimized int8"] if quant.available() else [])])
+                  *(["tinyae optimized int8"] if int8_in_hardware() else [])])
     # int8 (needs calibration images, see tinyae.engine.quant) only when asked for: --only ... "tinyae optimized int8"
     names = list(contestants) if contestants else [n for n in all_names if n != "tinyae optimized int8"]
     unknown = [n for n in names if n not in all_names]

@@ -8,6 +8,7 @@ import torch
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+INT8_FLAGS = {"avx512_vnni", "amx_int8", "avx_vnni"}  # int8 dot products in hardware (int8 needs one)
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -68,7 +69,7 @@ def explain_precision(device: torch.device | str = "cpu", model: Any = None) -> 
     fast = sorted(cpu_flags() & {"avx512_bf16", "amx_bf16"})
     if fast and torch.backends.mkldnn.is_available():
         why = f"CPU with {' and '.join(fast)} (bfloat16 in hardware; >= 40 dB against fp32 on real photos)"
-        from .calibration import INT8_FLAGS, int8_in_hardware, known, shipped
+        from .calibration import int8_in_hardware, known, shipped
 
         if int8_in_hardware() and shipped():
             flags = " and ".join(sorted(cpu_flags() & INT8_FLAGS))
