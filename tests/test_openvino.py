@@ -7,6 +7,7 @@ import torch
 
 from tinyae import AutoencoderTiny
 from tinyae.engine.backends import load_backend
+from tinyae.engine.openvino import bf16_available
 from tinyae.nets.variants import variant_config
 
 
@@ -29,7 +30,12 @@ def test_openvino_fp32_equals_torch(small):
 def test_openvino_checks_inputs_and_precision(small):
     with pytest.raises(ValueError, match="precision must be one of"):
         load_backend(small, "openvino", precision="int4")
-    ov = load_backend(small, "openvino", precision="bf16", threads=1)
+    if bf16_available():
+        assert load_backend(small, "openvino", precision="bf16", threads=1).precision == "bf16"
+    else:  # OpenVINO itself would fall back to f32 silently, and a benchmark would misname what it measured
+        with pytest.raises(ValueError, match="OpenVINO computes bf16 only on CPUs with AVX512-BF16 or AMX"):
+            load_backend(small, "openvino", precision="bf16", threads=1)
+    ov = load_backend(small, "openvino", precision="fp32", threads=1)
     with pytest.raises(ValueError, match="multiples of 8"):
         ov.encode(torch.zeros(1, 3, 30, 30))
     with pytest.raises(ValueError, match="NaN"):

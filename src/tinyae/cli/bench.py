@@ -77,6 +77,11 @@ def _photo(size: int, channels: int = 3, image: str | os.PathLike | None = None)
     return F.interpolate(small, size=(size, size), mode="bilinear", align_corners=True) * 2 - 1
 
 
+def _openvino_bf16() -> bool:
+    from ..engine.openvino import bf16_available
+
+    return bf16_available()
+
 def _has(module: str) -> bool:
     import importlib.util
 
@@ -104,7 +109,8 @@ def run_bench(model: AutoencoderTiny, sizes: Sequence[int], repeats: int, warmup
     all_names = (["diffusers fp16", "tinyae fp16 eager", "tinyae optimized fp16", "tinyae optimized fp16 + compile"]
                  if cuda else
                  ["diffusers fp32", "tinyae fp32", "tinyae optimized fp32", "tinyae optimized", "onnxruntime fp32",
-                  *(["openvino fp32", "openvino bf16"] if _has("openvino") else []),
+                  *(["openvino fp32"] if _has("openvino") else []),
+                  *(["openvino bf16"] if _has("openvino") and _openvino_bf16() else []),
                   *(["tinyae optimized int8"] if int8_in_hardware() else [])])
     # int8 (needs calibration images, see tinyae.engine.quant) only when asked for: --only ... "tinyae optimized int8"
     names = list(contestants) if contestants else [n for n in all_names if n != "tinyae optimized int8"]

@@ -18,6 +18,13 @@ from .onnx_backend import OnnxRuntimeAutoencoder
 PRECISIONS = {"bf16": "bf16", "fp32": "f32"}  # tinyae's names -> OpenVINO's INFERENCE_PRECISION_HINT
 
 
+def bf16_available() -> bool:
+    """True when OpenVINO computes bf16 on this CPU (its CPU plugin lists BF16 among its capabilities)."""
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
 class OpenVinoAutoencoder(OnnxRuntimeAutoencoder):
     """AutoencoderTiny's encode/decode API over OpenVINO compiled models (CPU; `precision` "bf16" or "fp32")."""
 
@@ -36,6 +43,11 @@ class OpenVinoAutoencoder(OnnxRuntimeAutoencoder):
         self.sessions = {part: core.compile_model(str(Path(folder) / name), "CPU", config)
                          for part, name in ONNX_FILES.items() if (Path(folder) / name).is_file()}
         self._check_parts()
+        got = {s.get_property("INFERENCE_PRECISION_HINT").get_type_name() for s in self.sessions.values()}
+        if precision == "bf16" and got != {"bf16"}:  # OpenVINO falls back to f32 silently (AVX2-only CPUs)
+            raise ValueError(f"OpenVINO computes bf16 only on CPUs with AVX512-BF16 or AMX; on this CPU it compiled "
+                             f"{', '.join(sorted(got))} (its capabilities: "
+                             f"{', '.join(core.get_property('CPU', 'OPTIMIZATION_CAPABILITIES'))}); use precision='fp32'")
         self.precision = precision
 
     def _infer(self, session, x: torch.Tensor) -> torch.Tensor:
