@@ -26,7 +26,8 @@ stage's lowest-resolution input is kept.
 
 Memory: each resolution level holds its input rows for the next chunk plus one chunk's activations, a chunk being
 about CHUNK_BYTES of its widest activation (8 MiB: the in-memory strips' size, so the same rows are recomputed), so
-the engine holds a few dozen MB at 2048 columns, about width / 2048 times that at wider images.
+the engine holds a few dozen MB at 2048 columns, about width / 2048 times that at wider images. Streamed GroupNorm
+stages get tiles down to 128 columns (2048² fp32 encode, AVX2 EPYC: 182 -> 122 MB, 0.25x in memory, +5% time).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from .sizes import _activation_bytes, _stage_bytes  # noqa: F401 (_activation_by
 _CL = torch.channels_last
 CHUNK_BYTES = 8 << 20  # an op's chunk: about this many bytes of its widest activation ...
 MIN_CHUNK_ROWS = 64  # ... and at least this many output rows (the recomputed context is 2 x halo rows a chunk)
-MIN_TILE_COLUMNS = 512  # wider images: a chunk runs in column tiles of CHUNK_BYTES, each at least this wide
+MIN_TILE_COLUMNS = 128  # wider chunks run in column tiles of CHUNK_BYTES, each at least this wide (see Memory)
 STATS_BYTES = 4 << 20  # the float64 slices a GroupNorm statistics pass converts at a time
 STAGE_BYTES = 32 << 20  # a GroupNorm stage whose widest activation is at most this runs whole (see stream_apply)
 SEGMENTS = "level"  # "level": one segment per resolution level (context recomputed per chunk); "op": one per op
