@@ -82,6 +82,7 @@ def _openvino_bf16() -> bool:
 
     return bf16_available()
 
+
 def _has(module: str) -> bool:
     import importlib.util
 
