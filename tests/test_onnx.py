@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import copy
 import json
-from typing import Callable
 
 import onnx
 import pytest
 import torch
 
-from conftest import PHOTOS, TAEF2, load_photo
+from conftest import PHOTOS, TAEF2, load_photo, same_function
 from tinyae import AutoencoderTiny, MissingPartError
 from tinyae.cli.bench import format_markdown, run_bench
 from tinyae.cli.export_onnx import main as export_onnx_main
@@ -39,15 +38,6 @@ def test_cli_export_writes_checked_graphs_with_opset_17(onnx_dir, capsys):
     assert json.loads((onnx_dir / "config.json").read_text())["latent_channels"] == 32
 
 
-def _same_function(got: torch.Tensor, eager: torch.Tensor, exact: Callable[[], torch.Tensor], tol: float) -> bool:
-    """Within tol of eager float32, or else at least as close as eager to the float64 evaluation `exact()`: on an
-    AVX2-only AMD EPYC eager's own rounding reaches 9e-5 on astronaut's latents (onnxruntime: 4.9e-5)."""
-    if (got - eager).abs().max() <= tol:
-        return True
-    ref = exact()
-    return bool((got.double() - ref).abs().max() <= (eager.double() - ref).abs().max())
-
-
 def test_onnxruntime_matches_torch_on_real_photos(taef2, onnx_dir):
     backend = load_backend(onnx_dir, "onnxruntime")
     exact = copy.deepcopy(taef2).double()
@@ -55,10 +45,10 @@ def test_onnxruntime_matches_torch_on_real_photos(taef2, onnx_dir):
         for path in PHOTOS:  # 512x512, 600x400, 451x300 -> dynamic height and width
             x = load_photo(path)
             z = taef2.encode(x).latents
-            assert _same_function(backend.encode(x).latents, z, lambda: exact.encode(x.double()).latents, 1e-4)
+            assert same_function(backend.encode(x).latents, z, lambda: exact.encode(x.double()).latents, 1e-4)
             y = backend.decode(z).sample
             assert y.shape == x.shape
-            assert _same_function(y, taef2.decode(z).sample, lambda: exact.decode(z.double()).sample, 1e-4)
+            assert same_function(y, taef2.decode(z).sample, lambda: exact.decode(z.double()).sample, 1e-4)
 
 
 def test_backend_keeps_dtype_and_checks_inputs(onnx_dir):

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import reference_video as ref
+from conftest import HAS_BF16
 from tinyae.cli import main
 from tinyae.video.io import VideoError, probe, read_frames, write_frames
 
@@ -128,8 +129,7 @@ def test_cli_video_precision(tmp_path, model_file, capsys):
     write_frames(video, iter(_frames(5)), fps=8)
     m = str(model_file)
     docs = {}
-    bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()  # AVX512; elsewhere --precision bf16 is one error line
-    precisions = ("exact", "fp32", "bf16") if bf16 else ("exact", "fp32")
+    precisions = ("exact", "fp32", "bf16") if HAS_BF16 else ("exact", "fp32")  # else --precision bf16: one error
     for p in precisions:
         assert main(["encode", str(video), "-o", str(tmp_path / p), "-m", m, "--precision", p, "--json"]) == 0
         docs[p] = json.loads(capsys.readouterr().out)
@@ -141,7 +141,7 @@ def test_cli_video_precision(tmp_path, model_file, capsys):
     with safe_open(str(tmp_path / precisions[-1] / "in.safetensors"), "pt") as f:
         assert f.metadata()["precision"] == precisions[-1]
     torch.testing.assert_close(z["fp32"], z["exact"], atol=1e-5, rtol=0)
-    if bf16:
+    if HAS_BF16:
         assert (z["bf16"] - z["exact"]).abs().max() < 0.05 * z["exact"].abs().max()
     else:
         assert main(["encode", str(video), "-o", str(tmp_path / "b"), "-m", m, "--precision", "bf16"]) == 1

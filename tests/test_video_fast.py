@@ -6,11 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import NARROW
 from test_video import TOL
 from tinyae.video.fast import FusedMemBlock, OptimizedAutoencoderTinyVideo, optimize_video
 
-# bf16 where oneDNN has bf16 kernels (AVX512); elsewhere refused (tests/test_runtime.py::test_bf16_needs_avx512)
-NARROW = "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
 FAST_VARIANTS = ["taew2_1", "taehv1_5_super", "taeltx_2", "taeh3", "taecvx"]
 
 

@@ -77,12 +77,6 @@ def _photo(size: int, channels: int = 3, image: str | os.PathLike | None = None)
     return F.interpolate(small, size=(size, size), mode="bilinear", align_corners=True) * 2 - 1
 
 
-def _openvino_bf16() -> bool:
-    from ..engine.openvino import bf16_available
-
-    return bf16_available()
-
-
 def _has(module: str) -> bool:
     import importlib.util
 
@@ -99,6 +93,7 @@ def run_bench(model: AutoencoderTiny, sizes: Sequence[int], repeats: int, warmup
     with `cold` follows the other contestants' calls directly."""
     from ..engine.backends import load_backend
     from ..engine.calibration import int8_in_hardware
+    from ..engine.openvino import bf16_available as openvino_bf16
     from ..engine.optimize import optimize
 
     dev = torch.device(device)
@@ -111,7 +106,7 @@ def run_bench(model: AutoencoderTiny, sizes: Sequence[int], repeats: int, warmup
                  if cuda else
                  ["diffusers fp32", "tinyae fp32", "tinyae optimized fp32", "tinyae optimized", "onnxruntime fp32",
                   *(["openvino fp32"] if _has("openvino") else []),
-                  *(["openvino bf16"] if _has("openvino") and _openvino_bf16() else []),
+                  *(["openvino bf16"] if _has("openvino") and openvino_bf16() else []),
                   *(["tinyae optimized int8"] if int8_in_hardware() else [])])
     # int8 (needs calibration images, see tinyae.engine.quant) only when asked for: --only ... "tinyae optimized int8"
     names = list(contestants) if contestants else [n for n in all_names if n != "tinyae optimized int8"]

@@ -28,7 +28,7 @@ import torch.nn as nn
 
 from .fastnet import FastNet
 from .kernels import _CL, FastBlock, FastConv, FastStem, FastUpsampleConv, upsample_conv_weights
-from .precision import INT8_FLAGS, cpu_flags, cpu_has_fast_bf16
+from .precision import cpu_has_fast_bf16
 
 if TYPE_CHECKING:
     from ..nets.model import AutoencoderTinyBase as AutoencoderTiny
@@ -318,6 +318,7 @@ def optimize_int8(model: "AutoencoderTiny", calibration: Sequence[torch.Tensor] 
     int8 stem at full resolution is the most sensitive; one corner crop of one photo is not enough); the decoder is calibrated on their latents from `model`'s own float32 encoder, or on `latents`
     (raw latents) when given or when the model has no encoder.
     """
+    from .calibration import int8_in_hardware
     from .optimize import optimize
 
     if not available():
@@ -325,7 +326,7 @@ def optimize_int8(model: "AutoencoderTiny", calibration: Sequence[torch.Tensor] 
                          "missing in this torch build")
     if model.device.type != "cpu":
         raise ValueError(f"int8 runs on the CPU; this model is on {model.device}")
-    if not cpu_flags() & INT8_FLAGS:  # see int8_in_hardware: without VNNI oneDNN's u8 x s8 pairs saturate in int16
+    if not int8_in_hardware():  # without VNNI oneDNN's u8 x s8 pairs saturate in int16 (see there)
         raise ValueError("int8 needs a CPU with int8 dot products (AVX512-VNNI, AVX-VNNI or AMX-INT8); without them "
                          "oneDNN's int8 convolutions saturate (taef2 encode: 29.7 dB against fp32); use 'auto' or 'fp32'")
     images = list(calibration or ())
